@@ -1,0 +1,5 @@
+"""`python -m receiver` is the `fluxback` command."""
+
+from receiver.cli import main
+
+raise SystemExit(main())
