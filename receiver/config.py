@@ -323,8 +323,8 @@ def _journal(value: Any) -> str:
     if text.startswith("sqlite:///") and len(text) > len("sqlite:///"):
         return text
     if text.startswith(("postgresql://", "postgres://")):
-        return text
-    raise ValueError(f"must be sqlite:///PATH or postgresql://..., got {text.split('://')[0]!r} URL")
+        raise ValueError("the PostgreSQL journal is not available in this release; use sqlite:///PATH")
+    raise ValueError(f"must be sqlite:///PATH, got a {text.split('://')[0]!r} URL")
 
 
 def _choice(*allowed: str) -> Callable[[Any], str]:

@@ -1,0 +1,41 @@
+"""Durable inbox and delivery state (see base.py); `open_journal` picks the backend from the URL."""
+
+from receiver.journal.base import (
+    FINAL_STATES,
+    IN_PROGRESS_STATES,
+    PENDING_STATES,
+    ActionRecord,
+    ActionState,
+    AppendResult,
+    Correlation,
+    Decision,
+    Delivery,
+    DeliveryFilter,
+    DeliveryState,
+    DeliverySummary,
+    Journal,
+    JournalUnavailable,
+    NewDelivery,
+    ObjectState,
+)
+from receiver.journal.factory import journal_from_url
+
+__all__ = [
+    "FINAL_STATES",
+    "IN_PROGRESS_STATES",
+    "PENDING_STATES",
+    "ActionRecord",
+    "ActionState",
+    "AppendResult",
+    "Correlation",
+    "Decision",
+    "Delivery",
+    "DeliveryFilter",
+    "DeliveryState",
+    "DeliverySummary",
+    "Journal",
+    "JournalUnavailable",
+    "NewDelivery",
+    "ObjectState",
+    "journal_from_url",
+]

@@ -1,0 +1,205 @@
+"""The SQLite journal against a real file: dedupe, per-object claiming, actions, retention."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from receiver.journal import (
+    ActionState,
+    DeliveryFilter,
+    DeliveryState,
+    JournalUnavailable,
+    NewDelivery,
+)
+from receiver.journal.base import Correlation
+from receiver.journal.migrations import MIGRATIONS
+from receiver.journal.sqlite import SqliteJournal
+
+T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+
+
+def new_delivery(
+    body: bytes,
+    *,
+    name: str = "apps",
+    revision: str | None = "main@sha1:" + "a" * 40,
+    outcome: str = "success",
+    dedupe: str | None = "key-1",
+    received_at: datetime = T0,
+) -> NewDelivery:
+    return NewDelivery(
+        body=body,
+        body_sha256=hashlib.sha256(body).hexdigest(),
+        received_at=received_at,
+        kind="Kustomization",
+        namespace="flux-system",
+        name=name,
+        reason="ReconciliationSucceeded",
+        severity="info",
+        outcome=outcome,
+        revision=revision,
+        commit=None if revision is None else revision[-40:],
+        dedupe_key=dedupe,
+        authenticated_by="hmac",
+    )
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[SqliteJournal]:
+    journal = SqliteJournal(tmp_path / "state" / "journal.db")
+    await journal.open()
+    yield journal
+    await journal.close()
+
+
+async def test_same_body_is_one_entry(journal: SqliteJournal) -> None:
+    first = await journal.append(new_delivery(b'{"a":1}'))
+    again = await journal.append(new_delivery(b'{"a":1}'))
+    assert again.id == first.id and again.duplicate
+    assert sum((await journal.depth()).values()) == 1
+
+
+async def test_same_object_revision_outcome_is_a_recorded_duplicate(journal: SqliteJournal) -> None:
+    first = await journal.append(new_delivery(b'{"heartbeat":1}'))
+    second = await journal.append(new_delivery(b'{"heartbeat":2}'))
+    assert not first.duplicate
+    assert second.duplicate and second.duplicate_of == first.id and second.id != first.id
+    stored = await journal.get(second.id)
+    assert stored is not None
+    assert stored.state is DeliveryState.DONE and stored.duplicate_of == first.id
+    assert "duplicate of delivery" in stored.decisions[0].text
+    claimed = await journal.claim(T0, 10, frozenset())
+    assert [d.id for d in claimed] == [first.id]
+
+
+async def test_claim_is_sequential_per_object_and_parallel_across(journal: SqliteJournal) -> None:
+    a1 = await journal.append(new_delivery(b"a1", name="a", dedupe="a1"))
+    a2 = await journal.append(new_delivery(b"a2", name="a", dedupe="a2"))
+    b1 = await journal.append(new_delivery(b"b1", name="b", dedupe="b1"))
+    claimed = await journal.claim(T0, 10, frozenset())
+    assert [d.id for d in claimed] == [a1.id, b1.id]
+    assert all(d.state is DeliveryState.RESOLVING and d.attempts == 1 for d in claimed)
+    # a2 waits while a1 is in progress, and while a1 waits for its retry.
+    assert await journal.claim(T0, 10, frozenset()) == []
+    await journal.set_state(a1.id, DeliveryState.FAILED, next_attempt_at=T0 + timedelta(minutes=5), error="x")
+    assert await journal.claim(T0, 10, frozenset()) == []
+    assert await journal.next_due() == T0 + timedelta(minutes=5)
+    retried = await journal.claim(T0 + timedelta(minutes=5), 10, frozenset())
+    assert [(d.id, d.attempts, d.last_error) for d in retried] == [(a1.id, 2, "x")]
+    await journal.set_state(a1.id, DeliveryState.DONE)
+    assert [d.id for d in await journal.claim(T0, 10, frozenset())] == [a2.id]
+
+
+async def test_busy_objects_and_limit_are_respected(journal: SqliteJournal) -> None:
+    await journal.append(new_delivery(b"a", name="a", dedupe="a"))
+    b = await journal.append(new_delivery(b"b", name="b", dedupe="b"))
+    await journal.append(new_delivery(b"c", name="c", dedupe="c"))
+    claimed = await journal.claim(T0, 1, frozenset({"Kustomization/flux-system/a"}))
+    assert [d.id for d in claimed] == [b.id]
+
+
+async def test_restart_recovers_interrupted_work_and_keeps_everything(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    journal = SqliteJournal(path)
+    await journal.open()
+    accepted = await journal.append(new_delivery(b"x"))
+    await journal.claim(T0, 10, frozenset())
+    await journal.begin_action(accepted.id, "mark:1", "mark_task", {"dag_id": "d"})
+    await journal.close()
+
+    reopened = SqliteJournal(path)
+    await reopened.open()
+    assert await reopened.recover_interrupted() == 1
+    stored = await reopened.get(accepted.id)
+    assert stored is not None and stored.state is DeliveryState.RECEIVED
+    assert [a.state for a in stored.actions] == [ActionState.STARTED]
+    assert "interrupted by a restart" in stored.decisions[-1].text
+    await reopened.close()
+
+
+async def test_actions_are_keyed_once(journal: SqliteJournal) -> None:
+    first = await journal.append(new_delivery(b"1", dedupe="1"))
+    second = await journal.append(new_delivery(b"2", dedupe="2"))
+    record, created = await journal.begin_action(first.id, "trigger:x", "trigger_dag", {"dag_id": "x"})
+    assert created and record.state is ActionState.STARTED and record.attempts == 1
+    await journal.finish_action("trigger:x", ActionState.DONE, "dag run created")
+    again, created_again = await journal.begin_action(second.id, "trigger:x", "trigger_dag", {"dag_id": "x"})
+    assert not created_again
+    assert (again.state, again.result, again.delivery_id) == (ActionState.DONE, "dag run created", first.id)
+
+
+async def test_filters(journal: SqliteJournal) -> None:
+    sha = "b" * 40
+    one = await journal.append(new_delivery(b"1", revision=f"main@sha1:{sha}", dedupe="1"))
+    await journal.append(new_delivery(b"2", name="other", revision="1.0.0", dedupe="2"))
+    await journal.set_correlations(
+        one.id,
+        [Correlation(commit=sha, committed_at=T0, subject="s", dag_id="deploy", run_id="r", verdict="v")],
+    )
+    by_full = await journal.list(DeliveryFilter(revision=f"main@sha1:{sha}"))
+    by_short = await journal.list(DeliveryFilter(revision=sha[:12]))
+    by_object = await journal.list(DeliveryFilter(object_key="Kustomization/flux-system/other"))
+    by_dag = await journal.list(DeliveryFilter(dag_id="deploy"))
+    by_state = await journal.list(DeliveryFilter(state=DeliveryState.DEAD))
+    assert [d.id for d in by_full] == [one.id] == [d.id for d in by_short] == [d.id for d in by_dag]
+    assert [d.name for d in by_object] == ["other"]
+    assert by_state == []
+    stored = await journal.get(one.id)
+    assert stored is not None and stored.correlations[0].dag_id == "deploy"
+
+
+async def test_object_state_replay_and_prune(journal: SqliteJournal) -> None:
+    key = "Kustomization/flux-system/apps"
+    assert (await journal.object_state(key)).last_applied is None
+    await journal.set_applied(key, "a" * 40)
+    await journal.set_failed(key, "c" * 40)
+    state = await journal.object_state(key)
+    assert (state.last_applied, state.last_failed) == ("a" * 40, "c" * 40)
+
+    old = await journal.append(new_delivery(b"old", dedupe="old", received_at=T0 - timedelta(days=40)))
+    fresh = await journal.append(new_delivery(b"new", dedupe="new", received_at=T0))
+    pending = await journal.append(
+        new_delivery(b"p", name="x", dedupe="p", received_at=T0 - timedelta(days=40))
+    )
+    for delivery_id in (old.id, fresh.id):
+        await journal.set_state(delivery_id, DeliveryState.DEAD)
+    assert await journal.replay([fresh.id, 999], T0) == [fresh.id]
+    replayed = await journal.get(fresh.id)
+    assert replayed is not None and replayed.state is DeliveryState.RECEIVED and replayed.attempts == 0
+
+    assert await journal.prune(T0 - timedelta(days=30)) == 1
+    assert await journal.get(old.id) is None
+    assert await journal.get(pending.id) is not None  # unfinished work is never pruned
+    assert (await journal.object_state(key)).last_applied == "a" * 40
+
+
+async def test_schema_is_versioned(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    journal = SqliteJournal(path)
+    await journal.open()
+    await journal.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == len(MIGRATIONS)
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.execute("INSERT INTO schema_version (version) VALUES (?)", (len(MIGRATIONS) + 1,))
+    newer = SqliteJournal(path)
+    with pytest.raises(JournalUnavailable, match="newer than this Fluxback"):
+        await newer.open()
+
+
+async def test_unwritable_journal_is_unavailable(tmp_path: Path) -> None:
+    blocked = tmp_path / "journal.db"
+    blocked.mkdir()  # a folder where the file should be
+    with pytest.raises(JournalUnavailable):
+        await SqliteJournal(blocked).open()
+    closed = SqliteJournal(tmp_path / "other.db")
+    await closed.open()
+    await closed.close()
+    with pytest.raises(JournalUnavailable):
+        await closed.append(new_delivery(b"late"))
