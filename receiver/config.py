@@ -127,6 +127,8 @@ class TriggerSpec:
 class Rule:
     match: Match
     assets: tuple[str, ...] = ()
+    object_asset: bool = False
+    """Also emit to the Flux object's own asset URI (receiver.assets.flux_object_uri)."""
     asset_instance: str = "default"
     trigger: tuple[TriggerSpec, ...] = ()
 
@@ -160,6 +162,8 @@ class LogConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
+    cluster: str = "default"
+    """This cluster's name, for asset URIs when an event carries no `cluster` metadata."""
     listen_host: str = "127.0.0.1"
     listen_port: int = 9292
     journal: str = "sqlite:///var/lib/fluxback/journal.db"
@@ -178,9 +182,16 @@ class Config:
     @property
     def sqlite_path(self) -> Path | None:
         """The journal file when the journal is SQLite, else None."""
-        if self.journal.startswith("sqlite:///"):
-            return Path(self.journal.removeprefix("sqlite://"))
+        return sqlite_path(self.journal)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///...` URL: absolute (`sqlite:///var/lib/x.db` is /var/lib/x.db)
+    unless it starts with `./` or `../` (`sqlite:///./var/x.db` is relative to the working folder)."""
+    if not url.startswith("sqlite:///"):
         return None
+    rest = url.removeprefix("sqlite:///")
+    return Path(rest) if rest.startswith(("./", "../")) else Path("/" + rest)
 
 
 class _Reader:
@@ -468,7 +479,7 @@ def _read_policy(reader: _Reader, raw: Mapping[str, Any]) -> tuple[PolicyEntry, 
 def _read_rules(reader: _Reader, raw: Mapping[str, Any]) -> tuple[Rule, ...]:
     rules: list[Rule] = []
     for _, item in reader.items(raw, "rules"):
-        reader.unknown_keys(item, {"match", "assets", "asset_instance", "trigger"})
+        reader.unknown_keys(item, {"match", "assets", "object_asset", "asset_instance", "trigger"})
         triggers: list[TriggerSpec] = []
         for _, trigger in reader.items(item, "trigger"):
             reader.unknown_keys(trigger, {"dag_id", "instance"})
@@ -481,11 +492,12 @@ def _read_rules(reader: _Reader, raw: Mapping[str, Any]) -> tuple[Rule, ...]:
         rule = Rule(
             match=_read_match(reader, item),
             assets=reader.get(item, "assets", _texts, ()),
+            object_asset=reader.get(item, "object_asset", _bool, False),
             asset_instance=reader.get(item, "asset_instance", _text, "default"),
             trigger=tuple(triggers),
         )
-        if not rule.assets and not rule.trigger:
-            reader.error(None, "a rule needs assets or trigger (or both)")
+        if not rule.assets and not rule.object_asset and not rule.trigger:
+            reader.error(None, "a rule needs assets, object_asset or trigger")
         rules.append(rule)
     return tuple(rules)
 
@@ -531,7 +543,7 @@ def _read_log(reader: _Reader, raw: Mapping[str, Any]) -> LogConfig:
 
 
 TOP_LEVEL_KEYS = {
-    "listen", "journal", "webhook", "admin_tokens", "git", "airflow",
+    "cluster", "listen", "journal", "webhook", "admin_tokens", "git", "airflow",
     "policy", "rules", "worker", "retention", "log",
 }  # fmt: skip
 
@@ -545,7 +557,7 @@ def _cross_checks(reader: _Reader, config: Config) -> None:
                     f"rules[{index}].trigger[{t_index}].instance",
                     f"no Airflow instance {trigger.instance!r} in airflow.instances",
                 )
-        if rule.assets and instances and rule.asset_instance not in instances:
+        if (rule.assets or rule.object_asset) and instances and rule.asset_instance not in instances:
             reader.error(f"rules[{index}].asset_instance", f"no Airflow instance {rule.asset_instance!r}")
 
 
@@ -587,6 +599,7 @@ def parse_config(raw: Any, source: str = "<memory>", environ: Mapping[str, str] 
     reader.unknown_keys(raw, TOP_LEVEL_KEYS)
     host, port = reader.get(raw, "listen", _listen, ("127.0.0.1", 9292))
     config = Config(
+        cluster=reader.get(raw, "cluster", _text, "default"),
         listen_host=host,
         listen_port=port,
         journal=reader.get(raw, "journal", _journal, Config.journal),

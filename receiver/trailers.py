@@ -221,6 +221,8 @@ def append_trailers(message: str, trailers: Iterable[Trailer]) -> str:
     at = end
     while start < at and _is_blank(lines[at - 1]):
         at -= 1  # whitespace-only lines after a block are part of it; keep them after the new trailers
+    if at and lines[at - 1] == _SCISSORS.removesuffix("\n"):
+        at -= 1  # ending it with a newline would make it a scissors line that hides what follows
     head = "".join(lines[:at])
     if head and not head.endswith("\n"):
         head += "\n"

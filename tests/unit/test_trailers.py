@@ -267,6 +267,14 @@ def test_append_goes_before_whitespace_lines_that_end_the_block() -> None:
     ]
 
 
+def test_append_keeps_an_unterminated_scissors_line_last(git_home: Path) -> None:
+    """Found by the property test: a newline after that line would make git cut the trailers."""
+    message = "# ------------------------ >8 ------------------------"
+    appended = append_trailers(message, [Trailer("Key", "v")])
+    assert parse_trailers(appended) == [Trailer("Key", "v")]
+    assert git_parse(appended, git_home) == rendered([Trailer("Key", "v")])
+
+
 def test_append_starts_a_new_paragraph_after_prose() -> None:
     assert append_trailers("Subject", [Trailer("Key", "v")]) == "Subject\n\nKey: v\n"
     assert append_trailers("Subject\n\nProse.\n", [Trailer("K", "")]) == "Subject\n\nProse.\n\nK: \n"

@@ -1,0 +1,193 @@
+"""The aiohttp Application: routes, the error/metrics middleware, and the service's lifetime.
+
+`build_app` wires handlers to an already open journal and is what tests use.
+`serve` is the process: it refuses to start on configuration problems, opens
+the journal (which migrates it), starts background services next to the HTTP
+server, and on SIGTERM stops taking requests, finishes the ones in flight,
+then stops the background services and closes the journal.
+
+Background services plug in as async context managers: entering one starts it
+(and returns promptly), leaving it stops it. They are entered in order when
+the app starts and left in reverse order when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from receiver.auth import AdminAuth, WebhookAuth
+from receiver.config import Config, startup_problems
+from receiver.ingest import EventIngest
+from receiver.journal import Journal, journal_from_url
+from receiver.metrics import Metrics
+from receiver.ops import Operations
+from receiver.responses import json_error
+from receiver.secrets import FileSecret
+
+log = structlog.get_logger("receiver.app")
+
+Background = AbstractAsyncContextManager[object]
+"""A service that runs next to the HTTP server (the worker, the reconciler, retention)."""
+BackgroundFactory = Callable[[Config, Journal, Metrics], Sequence[Background]]
+"""Builds the background services from what `serve` opened."""
+
+SHUTDOWN_TIMEOUT_SECONDS = 10.0
+"""How long in-flight requests may take to finish on SIGTERM; Kubernetes waits 30 s by default."""
+
+
+class StartupError(Exception):
+    """The service must not start; `problems` name the configuration keys."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
+def _error_middleware(metrics: Metrics) -> Middleware:
+    """JSON bodies for every error (404, 405, unexpected exceptions) and the request duration metric."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        response: web.StreamResponse
+        try:
+            response = await handler(request)
+        except web.HTTPException as error:  # raised by aiohttp itself: no route, wrong method, too large
+            headers = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
+            detail = f"{request.method} {request.path}: {error.reason}"
+            response = json_error(error.status, error.reason.lower(), detail, headers=headers)
+        except Exception:
+            log.exception("unexpected error", method=request.method, path=request.path)
+            response = json_error(500, "internal error", "an unexpected error happened; see the service log")
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        metrics.http_request_duration.labels(route, f"{response.status // 100}xx").observe(
+            time.perf_counter() - started
+        )
+        return response
+
+    return middleware
+
+
+def _background_context(
+    services: Sequence[Background],
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def run(_: web.Application) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for service in services:
+                await stack.enter_async_context(service)
+            yield
+
+    return run
+
+
+def build_app(
+    config: Config,
+    journal: Journal,
+    *,
+    metrics: Metrics | None = None,
+    background: Sequence[Background] = (),
+) -> web.Application:
+    """The Application for `config`, on an open `journal` (the caller opens and closes it).
+
+    Args:
+        metrics: shared with the background services; a fresh registry when None.
+        background: started when the app starts, stopped (in reverse order) when it stops.
+    """
+    metrics = metrics or Metrics()
+    app = web.Application(
+        middlewares=[_error_middleware(metrics)],
+        client_max_size=config.webhook.max_body_bytes,
+        handler_args={
+            # Bodies are read as sent: the HMAC covers the bytes on the wire, and a compressed
+            # body could expand past max_body_bytes.
+            "auto_decompress": False,
+            # A client that goes away does not cancel a handler half-way through its decision.
+            "handler_cancellation": False,
+            # Ingest logs one line per decision instead.
+            "access_log": None,
+        },
+    )
+    webhook = config.webhook
+    ingest = EventIngest(
+        webhook,
+        WebhookAuth(
+            [FileSecret(p) for p in webhook.hmac_keys],
+            [FileSecret(p) for p in webhook.bearer_tokens],
+            allow_unauthenticated=webhook.allow_unauthenticated,
+        ),
+        journal,
+        metrics,
+    )
+    ops = Operations(config, journal, metrics, AdminAuth([FileSecret(p) for p in config.admin_tokens]))
+    app.router.add_post("/flux/events", ingest.handle)
+    app.router.add_get("/healthz", ops.healthz)
+    app.router.add_get("/readyz", ops.readyz)
+    app.router.add_get("/metrics", ops.metrics_text)
+    app.router.add_get("/deliveries", ops.list_deliveries)
+    app.router.add_get(r"/deliveries/{id:\d+}", ops.get_delivery)
+    app.router.add_post(r"/deliveries/{id:\d+}/replay", ops.replay)
+    if background:
+        app.cleanup_ctx.append(_background_context(background))
+    return app
+
+
+async def serve(
+    config: Config,
+    *,
+    background: BackgroundFactory | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the service until SIGTERM/SIGINT (or until `stop` is set).
+
+    Raises:
+        StartupError: secret files cannot be read, no authentication is configured, or the
+            address is taken.
+        JournalUnavailable: the journal cannot be opened.
+    """
+    problems = startup_problems(config)
+    if problems:
+        raise StartupError(problems)
+    if config.webhook.allow_unauthenticated:
+        log.warning("webhook.allow_unauthenticated is true: anyone who reaches the port can post events")
+    journal = journal_from_url(config.journal)
+    await journal.open()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        metrics = Metrics()
+        services = background(config, journal, metrics) if background else ()
+        app = build_app(config, journal, metrics=metrics, background=services)
+        runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, config.listen_host, config.listen_port)
+            try:
+                await site.start()
+            except OSError as error:
+                address = f"{config.listen_host}:{config.listen_port}"
+                raise StartupError([f"listen: cannot listen on {address}: {error.strerror}"]) from None
+            log.info("listening", host=config.listen_host, port=config.listen_port, journal=config.journal)
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            await runner.cleanup()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await journal.close()
+
+
+def run(config: Config, *, background: BackgroundFactory | None = None) -> None:
+    """`fluxback serve`: `serve` in a fresh event loop."""
+    asyncio.run(serve(config, background=background))

@@ -1,0 +1,114 @@
+"""Every Prometheus metric of the service, in one place.
+
+Metrics live on a `Metrics` object with its own `CollectorRegistry`, created once
+per process by `app.serve` and handed to whoever records (ingest, the worker, the
+Airflow and git clients). A module-level registry would make a second app in the
+same process (tests, benchmarks) fail with "duplicated timeseries" and would mix
+counts across apps. Labels are bounded: no revision, run id or delivery id.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class IngestResult(StrEnum):
+    """Every value of `fluxback_events_received_total{result}`."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    UNAUTHORIZED = "unauthorized"
+    MALFORMED = "malformed"
+    STALE = "stale"
+    """The timestamp is outside webhook.max_clock_skew_seconds (replay protection)."""
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    TIMEOUT = "timeout"
+    JOURNAL_UNAVAILABLE = "journal_unavailable"
+    CREDENTIALS_UNAVAILABLE = "credentials_unavailable"
+    """No configured key file could be read, so nothing could be verified."""
+
+
+_SHORT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_MINUTES = (*_SHORT, 60.0, 300.0, 900.0, 3600.0)
+_LONG = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
+
+
+class Metrics:
+    """The service's metrics on a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_received = Counter(
+            "fluxback_events_received_total",
+            "Flux event requests by what became of them.",
+            ["result"],
+            registry=r,
+        )
+        for result in IngestResult:  # every series exists from the start, so rate() sees the first one
+            self.events_received.labels(result.value)
+        self.http_request_duration = Histogram(
+            "fluxback_http_request_duration_seconds",
+            "HTTP request handling time by route template and status class (2xx, 4xx, ...).",
+            ["route", "status_class"],
+            buckets=_SHORT,
+            registry=r,
+        )
+        self.journal_depth = Gauge(
+            "fluxback_journal_depth",
+            "Deliveries in the journal by state, read at scrape time.",
+            ["state"],
+            registry=r,
+        )
+        self.actions = Counter(
+            "fluxback_actions_total",
+            "Actions on Airflow by kind (task_state, trigger, asset_event) and outcome.",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.airflow_request = Histogram(
+            "fluxback_airflow_request_seconds",
+            "Airflow REST API calls by configured instance, HTTP method and status (or 'error').",
+            ["instance", "method", "status"],
+            buckets=_SHORT,
+            registry=r,
+        )
+        self.worker_lag = Histogram(
+            "fluxback_worker_lag_seconds",
+            "Time from receipt of an event to the worker first taking it.",
+            buckets=_MINUTES,
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "fluxback_dead_letters_total",
+            "Deliveries given up after their retry budget.",
+            registry=r,
+        )
+        self.event_to_action = Histogram(
+            "fluxback_event_to_action_seconds",
+            "Time from receipt of an event to the Airflow action it caused.",
+            buckets=_MINUTES,
+            registry=r,
+        )
+        self.commit_to_live = Histogram(
+            "fluxback_commit_to_live_seconds",
+            "Time from a correlated commit's commit date to the Flux success event that made it live.",
+            buckets=_LONG,
+            registry=r,
+        )
+        self.git_fetches = Counter(
+            "fluxback_git_fetches_total",
+            "Fetches into the local mirrors by configured repository and result.",
+            ["repository", "result"],
+            registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
