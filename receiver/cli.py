@@ -29,6 +29,7 @@ from receiver.journal import (
     journal_from_url,
 )
 from receiver.log import configure_logging
+from receiver.service import background_services
 
 _LONG_HEX = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{28,52}\b")
 _MAX_NOTE = 60
@@ -50,7 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     configure_logging(config.log)
     try:
-        run(config)
+        run(config, background=background_services)
     except StartupError as error:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)

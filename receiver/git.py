@@ -42,7 +42,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -174,6 +174,10 @@ def _commit_info(commit: pygit2.Commit) -> CommitInfo:
     )
 
 
+FetchObserver = Callable[[str, str], None]
+"""Told of every on-demand fetch: (repository name, "ok" or "error"), e.g. for metrics."""
+
+
 class Mirror:
     """A local partial mirror of one configured repository, cloned on first use, fetched on demand."""
 
@@ -183,8 +187,10 @@ class Mirror:
         cache_dir: Path,
         fetch_timeout_seconds: float,
         max_walk: int = MAX_WALK,
+        on_fetch: FetchObserver | None = None,
     ) -> None:
         self.repository = repository
+        self._on_fetch = on_fetch
         self.path = cache_dir / (quote(repository.name, safe="") + ".git")
         self.fetch_timeout_seconds = fetch_timeout_seconds
         self.max_walk = max_walk
@@ -299,12 +305,16 @@ class Mirror:
         await asyncio.shield(self._fetch_task)
 
     async def _fetch(self, number: int) -> None:
+        result = "error"
         try:
             self.fetch_count += 1
             await self._run_fetch("fetch")
             self._fetched = number
+            result = "ok"
         finally:
             self._fetch_task = None
+            if self._on_fetch is not None:
+                self._on_fetch(self.name, result)
 
     async def _open(self) -> pygit2.Repository:
         """The mirror, created and filled first if it does not exist (or cannot be opened)."""
@@ -449,9 +459,13 @@ def _allow_partial_clone_extension() -> None:
 class Mirrors:
     """Every configured repository's mirror, and which one (and path) serves a Flux object."""
 
-    def __init__(self, config: GitConfig, max_walk: int = MAX_WALK) -> None:
+    def __init__(
+        self, config: GitConfig, max_walk: int = MAX_WALK, on_fetch: FetchObserver | None = None
+    ) -> None:
         self._mirrors = {
-            repository.name: Mirror(repository, config.cache_dir, config.fetch_timeout_seconds, max_walk)
+            repository.name: Mirror(
+                repository, config.cache_dir, config.fetch_timeout_seconds, max_walk, on_fetch
+            )
             for repository in config.repositories
         }
         self._objects = config.objects

@@ -174,16 +174,34 @@ class AirflowServer:
         if migrate.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed:\n{_tail(self.logs / 'db-migrate.log', 40)}")
         for component in COMPONENTS:
-            with open(self.logs / f"{component}.log", "wb") as log:
-                self.processes[component] = subprocess.Popen(
-                    [str(self.python), "-m", "airflow", component],
-                    env=env,
-                    cwd=self.root,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            self._spawn(component, env)
+        self._wait_healthy(timeout)
+
+    def _spawn(self, component: str, env: Mapping[str, str]) -> None:
+        with open(self.logs / f"{component}.log", "ab") as log:
+            self.processes[component] = subprocess.Popen(
+                [str(self.python), "-m", "airflow", component],
+                env=env,
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def stop_api_server(self, grace: float = 20.0) -> None:
+        """Take the REST API away (the scheduler keeps running), as an Airflow outage looks to Fluxback."""
+        process = self.processes["api-server"]
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def start_api_server(self, timeout: float = 90.0) -> None:
+        """Bring the REST API back on the same port and wait until Airflow is healthy again."""
+        self._spawn("api-server", self.environment())
         self._wait_healthy(timeout)
 
     def _copy_dags(self) -> None:

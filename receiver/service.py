@@ -1,0 +1,86 @@
+"""The background services `fluxback serve` runs next to the HTTP server.
+
+The worker (with its git mirrors and Airflow clients) and journal retention
+each run as a supervised task: an unexpected crash is logged and the task is
+started again after a pause, so one bad moment never silently stops the
+processing of accepted events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+
+from receiver.actions import Actor
+from receiver.airflow import AirflowClients
+from receiver.app import Background
+from receiver.config import Config
+from receiver.git import Mirrors
+from receiver.journal import Journal
+from receiver.metrics import Metrics
+from receiver.retention import prune_forever
+from receiver.worker import DeliveryProcessor, Worker
+
+log = structlog.get_logger(__name__)
+
+RESTART_PAUSE_SECONDS = 5.0
+
+
+async def _supervise(name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    while True:
+        try:
+            await run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("service.crashed", service=name, restart_in=RESTART_PAUSE_SECONDS)
+            await asyncio.sleep(RESTART_PAUSE_SECONDS)
+
+
+@asynccontextmanager
+async def _running(name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIterator[None]:
+    task = asyncio.create_task(_supervise(name, run), name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@asynccontextmanager
+async def worker_service(config: Config, journal: Journal, metrics: Metrics) -> AsyncIterator[None]:
+    """The worker with its git mirrors and Airflow clients, closed when it stops."""
+    airflow = AirflowClients.from_config(
+        config.airflow,
+        on_request=lambda instance, method, status, seconds: metrics.airflow_request.labels(
+            instance, method, status
+        ).observe(seconds),
+    )
+    mirrors = Mirrors(
+        config.git, on_fetch=lambda repository, result: metrics.git_fetches.labels(repository, result).inc()
+    )
+    processor = DeliveryProcessor(
+        config=config,
+        journal=journal,
+        mirrors=mirrors,
+        actor=Actor(journal, airflow, metrics),
+        metrics=metrics,
+    )
+    worker = Worker(journal=journal, processor=processor, config=config.worker, metrics=metrics)
+    try:
+        async with _running("worker", worker.run):
+            yield
+    finally:
+        await airflow.close()
+
+
+def background_services(config: Config, journal: Journal, metrics: Metrics) -> Sequence[Background]:
+    """What `serve` starts next to the HTTP server."""
+    return [
+        worker_service(config, journal, metrics),
+        _running("retention", lambda: prune_forever(journal, config.retention)),
+    ]
