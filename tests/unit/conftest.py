@@ -75,9 +75,13 @@ def make_config(tmp_path: Path, *, webhook: dict[str, Any] | None = None, **raw:
 
 @asynccontextmanager
 async def running(
-    config: Config, journal: SqliteJournal, *, background: Sequence[Background] = ()
+    config: Config,
+    journal: SqliteJournal,
+    *,
+    background: Sequence[Background] = (),
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Service]:
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     app = build_app(config, journal, metrics=metrics, background=background)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()

@@ -1,0 +1,159 @@
+"""The worker without Airflow: retries, dead letters, replay and the decisions it records,
+driven through the real app, a real journal and a real git repository."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from receiver.config import Config, WorkerConfig
+from receiver.journal.sqlite import SqliteJournal
+from receiver.metrics import Metrics
+from receiver.service import worker_service
+from receiver.worker import retry_delay, trigger_run_id
+from tests.flux_replay import event_body
+from tests.gitops import GitOpsRepo
+from tests.unit.conftest import Service, make_config, running, write_secret
+
+AIRFLOW_RUN_ID = re.compile(r"^[A-Za-z0-9_.~:+-]+$")
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def worker_config(tmp_path: Path, repo: GitOpsRepo, **worker: Any) -> Config:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(exist_ok=True)
+    return make_config(
+        tmp_path,
+        git={
+            "cache_dir": str(tmp_path / "git-cache"),
+            "repositories": [{"name": "flux-system/flux-system", "url": repo.url}],
+            "objects": [
+                {
+                    "kind": "Kustomization",
+                    "namespace": "flux-system",
+                    "name": "apps",
+                    "repository": "flux-system/flux-system",
+                    "path": "./apps",
+                },
+            ],
+        },  # fmt: skip
+        airflow={
+            "instances": {
+                "default": {
+                    "url": f"http://127.0.0.1:{closed_port()}",  # an Airflow that is down
+                    "token_file": str(write_secret(secrets / "airflow-token", b"token")),
+                    "timeout_seconds": 1,
+                }
+            }
+        },
+        policy=[{"match": {"name": "apps"}, "dags": ["deploy"]}],
+        worker={"poll_interval_seconds": 0.05, "retry_initial_seconds": 0.05, "retry_max_seconds": 0.1}
+        | worker,
+    )
+
+
+def dead_letters(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value("fluxback_dead_letters_total")
+
+
+async def until_state(service: Service, delivery_id: int, *states: str) -> dict[str, Any]:
+    for _ in range(400):
+        status, delivery = await service.get(f"/deliveries/{delivery_id}")
+        assert status == 200
+        if delivery["state"] in states:
+            return dict(delivery)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"delivery {delivery_id} stayed {delivery['state']}: {delivery}")
+
+
+async def post(service: Service, sha: str | None, **event: Any) -> int:
+    body = event_body(revision=None if sha is None else f"main@sha1:{sha}", **event)
+    status, answer, _ = await service.post_event(body)
+    assert status == 202, answer
+    return int(answer["id"])
+
+
+def test_retry_delay_grows_with_jitter_and_honours_retry_after() -> None:
+    config = WorkerConfig(retry_initial_seconds=5, retry_max_seconds=60)
+    rng = random.Random(7)
+    delays = [retry_delay(attempt, config, None, rng) for attempt in range(1, 8)]
+    assert all(2.5 <= d <= 60 for d in delays)
+    assert delays[0] <= 5 < delays[3]
+    assert max(delays) <= 60 and delays[-1] >= 30
+    assert retry_delay(1, config, 120.0, rng) == 120.0
+
+
+def test_trigger_run_ids_are_deterministic_and_valid_for_airflow() -> None:
+    args = ("Kustomization/flux-system/apps", "main@sha1:" + "a" * 40, "success", "post_deploy", "a" * 40)
+    run_id = trigger_run_id(*args)
+    assert run_id == trigger_run_id(*args)
+    assert AIRFLOW_RUN_ID.fullmatch(run_id)
+    assert run_id != trigger_run_id(*args[:2], "failure", *args[3:])
+    assert run_id != trigger_run_id(*args[:3], "other_dag", args[4])
+    assert AIRFLOW_RUN_ID.fullmatch(
+        trigger_run_id("HelmRelease/ns/we!rd name", "1.2.3+abc", "success", "d", None)
+    )
+
+
+async def test_airflow_down_retries_then_dead_letters_then_replays(
+    tmp_path: Path, journal: SqliteJournal
+) -> None:
+    repo = GitOpsRepo(tmp_path / "git")
+    trailers = {"Airflow-Dag-Id": "deploy", "Airflow-Run-Id": "r1", "Airflow-Task-Id": "wait"}
+    sha = repo.commit({"apps/a.yaml": "a: 1\n"}, "deploy", trailers)
+    config = worker_config(tmp_path, repo, max_attempts=3)
+    metrics = Metrics()
+    async with running(
+        config, journal, metrics=metrics, background=[worker_service(config, journal, metrics)]
+    ) as service:
+        delivery_id = await post(service, sha)
+        dead = await until_state(service, delivery_id, "dead")
+        assert dead["attempts"] == 3
+        texts = [d["text"] for d in dead["decisions"]]
+        assert sum("temporary problem" in t for t in texts) == 2
+        assert "dead letter after 3 attempt(s)" in texts[-1]
+        assert dead["correlations"][0]["verdict"] == "authored by deploy run r1"
+        assert dead_letters(metrics) == 1
+
+        replayed = await journal.replay([delivery_id], datetime.now(UTC))
+        assert replayed == [delivery_id]
+        again = await until_state(service, delivery_id, "dead")
+        assert "replay requested by an operator" in " ".join(d["text"] for d in again["decisions"])
+        assert dead_letters(metrics) == 2
+
+
+async def test_decisions_for_events_with_nothing_to_do(tmp_path: Path, journal: SqliteJournal) -> None:
+    repo = GitOpsRepo(tmp_path / "git")
+    plain = repo.commit({"apps/a.yaml": "a: 1\n"}, "no trailers here")
+    config = worker_config(tmp_path, repo)
+    metrics = Metrics()
+    async with running(
+        config, journal, metrics=metrics, background=[worker_service(config, journal, metrics)]
+    ) as service:
+        progress = await post(service, plain, reason="Progressing", message="Deployment/a/b configured")
+        unmapped = await post(service, plain, name="other")
+        no_commit = await post(service, None, name="apps", reason="ReconciliationSucceeded")
+        untagged = await post(service, plain)
+        heartbeat = await post(service, plain, message="Reconciliation finished in 9.9s, next run in 10m0s")
+
+        def texts(delivery: dict[str, Any]) -> str:
+            return " | ".join(d["text"] for d in delivery["decisions"])
+
+        assert "nothing to act on" in texts(await until_state(service, progress, "done"))
+        assert "no git repository configured" in texts(await until_state(service, unmapped, "done"))
+        assert "no commit in revision" in texts(await until_state(service, no_commit, "done"))
+        first = await until_state(service, untagged, "done")
+        assert "first event for this object" in texts(first)
+        assert first["correlations"][0]["verdict"] == "commit has no Airflow trailers"
+        assert (await until_state(service, heartbeat, "done"))["duplicate_of"] == untagged
+        assert (await journal.object_state("Kustomization/flux-system/apps")).last_applied == plain
