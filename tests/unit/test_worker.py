@@ -46,7 +46,7 @@ def worker_config(tmp_path: Path, repo: GitOpsRepo, **worker: Any) -> Config:
                     "path": "./apps",
                 },
             ],
-        },  # fmt: skip
+        },
         airflow={
             "instances": {
                 "default": {
