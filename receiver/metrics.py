@@ -68,7 +68,7 @@ class Metrics:
         )
         self.actions = Counter(
             "fluxback_actions_total",
-            "Actions on Airflow by kind (task_state, trigger, asset_event) and outcome.",
+            "Actions on Airflow by kind (mark_task, trigger_dag, asset_event) and outcome.",
             ["kind", "outcome"],
             registry=r,
         )
