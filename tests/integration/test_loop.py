@@ -155,15 +155,13 @@ async def test_the_same_event_again_and_later_heartbeats_do_nothing_new(
     fluxback = start_fluxback(
         rules=[{"match": {"name": "apps", "outcome": "success"}, "trigger": [{"dag_id": "post_deploy"}]}]
     )
-    once = {
-        "message": "Reconciliation finished in 2.1s, next run in 10m0s",
-        "timestamp": "2026-11-25T10:00:00Z",
-    }
-    first_id = await fluxback.report(sha, **once)
+    message, timestamp = "Reconciliation finished in 2.1s, next run in 10m0s", "2026-11-25T10:00:00Z"
+    first_id = await fluxback.report(sha, message=message, timestamp=timestamp)
     first = await fluxback.wait_delivery(first_id)
     assert action_states(first) == [("mark_task", "done"), ("trigger_dag", "done")]
 
-    retried = await fluxback.report(sha, **once)  # Flux retrying, or a second Alert: the same bytes
+    # Flux retrying, or a second Alert: the same bytes.
+    retried = await fluxback.report(sha, message=message, timestamp=timestamp)
     heartbeat = await fluxback.report(sha, message="Reconciliation finished in 1.7s, next run in 10m0s")
     assert retried == first_id
     duplicate = await fluxback.wait_delivery(heartbeat)
