@@ -43,22 +43,13 @@ def correlate(
         try:
             claim = claim_from_trailers(commit.trailers)
         except ClaimInvalid as problem:
-            records.append(
-                Correlation(
-                    commit=commit.sha,
-                    committed_at=commit.committed_at,
-                    subject=subject,
-                    verdict=f"malformed Airflow trailers: {problem}",
-                )
-            )
-            continue
+            claim, verdict = None, f"malformed Airflow trailers: {problem}"
+        else:
+            verdict = "commit has no Airflow trailers"
         if claim is None:
             records.append(
                 Correlation(
-                    commit=commit.sha,
-                    committed_at=commit.committed_at,
-                    subject=subject,
-                    verdict="commit has no Airflow trailers",
+                    commit=commit.sha, committed_at=commit.committed_at, subject=subject, verdict=verdict
                 )
             )
             continue

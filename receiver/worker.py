@@ -16,13 +16,14 @@ import hashlib
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Literal
 
 import structlog
 
-from receiver.actions import Actor
+from receiver.actions import Actor, Performed
 from receiver.airflow import TemporaryAirflowError
 from receiver.config import Config, WorkerConfig
 from receiver.correlate import AuthoringRun, correlate
@@ -156,60 +157,66 @@ class DeliveryProcessor:
     ) -> None:
         received = delivery.received_at.timestamp()
         new_state: Literal["success", "failed"] = "success" if delivery.outcome == "success" else "failed"
-        temporary: list[TemporaryAirflowError] = []
+        planned_actions: list[Callable[[], Awaitable[Performed]]] = []
         for run in runs:
             note = (
                 f"Fluxback: {delivery.object_key} reported {delivery.outcome} ({delivery.reason})"
                 f" for revision {delivery.revision} including commit {run.commit.sha[:12]};"
                 f" delivery {delivery.id}"
             )
-            for task_id in run.claim.task_ids:
-                try:
-                    await self._actor.mark_task(
-                        delivery.id,
-                        instance=run.instance,
-                        dag_id=run.claim.dag_id,
-                        run_id=run.claim.run_id,
-                        task_id=task_id,
-                        map_index=run.claim.map_index,
-                        new_state=new_state,
-                        note=note,
-                        received_at=received,
-                    )
-                except TemporaryAirflowError as error:
-                    temporary.append(error)
+            planned_actions += [
+                partial(
+                    self._actor.mark_task,
+                    delivery.id,
+                    instance=run.instance,
+                    dag_id=run.claim.dag_id,
+                    run_id=run.claim.run_id,
+                    task_id=task_id,
+                    map_index=run.claim.map_index,
+                    new_state=new_state,
+                    note=note,
+                    received_at=received,
+                )
+                for task_id in run.claim.task_ids
+            ]
         payload = _payload(delivery, facts, sha, commits, runs)
         planned = rule_actions(self._config.rules, facts, self._config.cluster)
         for problem in planned.problems:
             await self._journal.add_decision(delivery.id, problem)
-        for trigger in planned.triggers:
-            run_id = trigger_run_id(
-                delivery.object_key, delivery.revision, delivery.outcome, trigger.dag_id, sha
+        planned_actions += [
+            partial(
+                self._actor.trigger_dag,
+                delivery.id,
+                instance=trigger.instance,
+                dag_id=trigger.dag_id,
+                dag_run_id=trigger_run_id(
+                    delivery.object_key, delivery.revision, delivery.outcome, trigger.dag_id, sha
+                ),
+                conf=payload,
+                note=f"Fluxback: {delivery.object_key} {delivery.outcome} at {delivery.revision}",
+                received_at=received,
             )
+            for trigger in planned.triggers
+        ]
+        planned_actions += [
+            partial(
+                self._actor.asset_event,
+                delivery.id,
+                instance=asset.instance,
+                uri=asset.uri,
+                key=f"asset:{asset.instance}:{asset.uri}:{delivery.object_key}:{sha or delivery.revision}"
+                f":{delivery.outcome}",
+                extra=payload,
+                received_at=received,
+            )
+            for asset in planned.assets
+        ]
+        # Every action gets its chance even when an earlier one hits a temporary problem;
+        # the retry then repeats only what is not done yet.
+        temporary: list[TemporaryAirflowError] = []
+        for perform in planned_actions:
             try:
-                await self._actor.trigger_dag(
-                    delivery.id,
-                    instance=trigger.instance,
-                    dag_id=trigger.dag_id,
-                    dag_run_id=run_id,
-                    conf=payload,
-                    note=f"Fluxback: {delivery.object_key} {delivery.outcome} at {delivery.revision}",
-                    received_at=received,
-                )
-            except TemporaryAirflowError as error:
-                temporary.append(error)
-        for asset in planned.assets:
-            key = f"asset:{asset.instance}:{asset.uri}:{delivery.object_key}:{sha or delivery.revision}"
-            key += f":{delivery.outcome}"
-            try:
-                await self._actor.asset_event(
-                    delivery.id,
-                    instance=asset.instance,
-                    uri=asset.uri,
-                    key=key,
-                    extra=payload,
-                    received_at=received,
-                )
+                await perform()
             except TemporaryAirflowError as error:
                 temporary.append(error)
         if temporary:

@@ -25,14 +25,6 @@ ASSET = "flux://test/Kustomization/flux-system/apps-smoke"
 
 
 @pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[SqliteJournal]:
-    store = SqliteJournal(tmp_path / "journal.db")
-    await store.open()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
 async def actor(tmp_path: Path, airflow: AirflowServer, journal: SqliteJournal) -> AsyncIterator[Actor]:
     airflow.wait_for_dags("fluxback_asset_consumer", timeout=90)
     (tmp_path / "user").write_text(airflow.username)

@@ -98,14 +98,6 @@ def config(tmp_path: Path) -> Config:
 
 
 @pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[SqliteJournal]:
-    store = SqliteJournal(tmp_path / "journal.db")
-    await store.open()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
 async def service(config: Config, journal: SqliteJournal) -> AsyncIterator[Service]:
     async with running(config, journal) as svc:
         yield svc
