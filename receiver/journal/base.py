@@ -161,7 +161,7 @@ class Delivery(DeliverySummary):
 @dataclass(frozen=True, kw_only=True)
 class DeliveryFilter:
     revision: str | None = None
-    """Matches the raw revision, or the commit it names (full or leading part)."""
+    """Matches the raw revision, the commit it names, or any commit it made live (full or leading part)."""
     object_key: str | None = None
     """`Kind/namespace/name`."""
     state: DeliveryState | None = None

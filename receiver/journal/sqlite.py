@@ -184,8 +184,12 @@ class SqliteJournal:
             clauses: list[str] = []
             params: list[Any] = []
             if query.revision:
-                clauses.append("(revision = ? OR commit_sha LIKE ? OR ? LIKE commit_sha || '%')")
-                params += [query.revision, query.revision.lower() + "%", query.revision.lower()]
+                prefix = query.revision.lower() + "%"
+                clauses.append(
+                    "(revision = ? OR commit_sha LIKE ? OR ? LIKE commit_sha || '%'"
+                    " OR id IN (SELECT delivery_id FROM correlations WHERE commit_sha LIKE ?))"
+                )
+                params += [query.revision, prefix, query.revision.lower(), prefix]
             if query.object_key:
                 kind, _, rest = query.object_key.partition("/")
                 namespace, _, name = rest.partition("/")

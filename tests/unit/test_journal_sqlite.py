@@ -152,6 +152,16 @@ async def test_filters(journal: SqliteJournal) -> None:
     assert by_state == []
     stored = await journal.get(one.id)
     assert stored is not None and stored.correlations[0].dag_id == "deploy"
+    # A commit the delivery made live, under a later one, finds it too.
+    await journal.set_correlations(
+        one.id,
+        [
+            Correlation(commit=sha, committed_at=T0, subject="s"),
+            Correlation(commit="c" * 40, committed_at=T0, subject="older"),
+        ],
+    )
+    by_made_live = await journal.list(DeliveryFilter(revision="c" * 12))
+    assert [d.id for d in by_made_live] == [one.id]
 
 
 async def test_object_state_replay_and_prune(journal: SqliteJournal) -> None:
