@@ -57,6 +57,9 @@ class GitRepository:
     username: str = "git"
     ssh_key_file: Path | None = None
     ssh_known_hosts_file: Path | None = None
+    allowed_signers_file: Path | None = None
+    """When set, only commits signed by a key in this file (git's SSH allowed-signers format)
+    may name Airflow runs; unsigned or otherwise signed commits are refused, visibly."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -396,6 +399,7 @@ def _read_git(reader: _Reader, raw: Mapping[str, Any]) -> GitConfig:
                 username=reader.get(item, "username", _text, "git"),
                 ssh_key_file=reader.get(item, "ssh_key_file", _path, None),
                 ssh_known_hosts_file=reader.get(item, "ssh_known_hosts_file", _path, None),
+                allowed_signers_file=reader.get(item, "allowed_signers_file", _path, None),
             )
             if repository.name and repository.name.count("/") != 1:
                 reader.error("name", "must be namespace/name of the Flux GitRepository")
@@ -651,6 +655,7 @@ def startup_problems(config: Config) -> list[str]:
     for i, repo in enumerate(config.git.repositories):
         named += [(f"git.repositories[{i}].token_file", repo.token_file)]
         named += [(f"git.repositories[{i}].ssh_key_file", repo.ssh_key_file)]
+        named += [(f"git.repositories[{i}].allowed_signers_file", repo.allowed_signers_file)]
     for name, inst in config.airflow.instances.items():
         for attr in ("username_file", "password_file", "token_file", "ca_file"):
             named.append((f"airflow.instances.{name}.{attr}", getattr(inst, attr)))

@@ -7,7 +7,7 @@ policy does not allow for this Flux object).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from receiver.git import CommitInfo
@@ -34,8 +34,14 @@ class Correlated:
 
 
 def correlate(
-    commits: Sequence[CommitInfo], facts: EventFacts, policy: Policy, default_instance: str
+    commits: Sequence[CommitInfo],
+    facts: EventFacts,
+    policy: Policy,
+    default_instance: str,
+    unsigned: Mapping[str, str] | None = None,
 ) -> Correlated:
+    """Verdicts for `commits`; `unsigned` maps the sha of a commit whose signature is not
+    accepted (when the repository requires signatures) to git's reason."""
     records: list[Correlation] = []
     runs: list[AuthoringRun] = []
     for commit in commits:
@@ -54,7 +60,8 @@ def correlate(
             )
             continue
         instance = claim.instance or default_instance
-        allowed = policy.allows(facts, claim.dag_id, instance)
+        signature_problem = (unsigned or {}).get(commit.sha)
+        allowed = signature_problem is None and policy.allows(facts, claim.dag_id, instance)
         if allowed:
             runs.append(AuthoringRun(commit=commit, claim=claim, instance=instance))
         records.append(
@@ -67,12 +74,20 @@ def correlate(
                 task_ids=claim.task_ids,
                 map_index=claim.map_index,
                 instance=instance,
-                verdict=(
-                    f"authored by {claim.dag_id} run {claim.run_id}"
-                    if allowed
-                    else f"DAG {claim.dag_id!r} (instance {instance!r}) not allowed for"
-                    f" {facts.kind}/{facts.namespace}/{facts.name} by the policy"
-                ),
+                verdict=_claim_verdict(claim, instance, facts, allowed, signature_problem),
             )
         )
     return Correlated(records=tuple(records), runs=tuple(runs))
+
+
+def _claim_verdict(
+    claim: AirflowClaim, instance: str, facts: EventFacts, allowed: bool, signature_problem: str | None
+) -> str:
+    if signature_problem is not None:
+        return f"signature not accepted, trailers ignored: {signature_problem}"
+    if allowed:
+        return f"authored by {claim.dag_id} run {claim.run_id}"
+    return (
+        f"DAG {claim.dag_id!r} (instance {instance!r}) not allowed for"
+        f" {facts.kind}/{facts.namespace}/{facts.name} by the policy"
+    )

@@ -244,6 +244,36 @@ class Mirror:
                 base = await self._resolve(repo, previous, seen)
         return await asyncio.to_thread(self._applied, repo, head, base, previous is None, _tree_path(path))
 
+    async def signature_problem(self, sha: str) -> str | None:
+        """Why the commit does not count as signed by an allowed signer, or None when it does.
+
+        Only for repositories with `allowed_signers_file`; git's own `verify-commit` does the
+        check (SSH signatures through `ssh-keygen`), on the mirror, which has every commit.
+        """
+        allowed = self.repository.allowed_signers_file
+        if allowed is None:
+            return None
+        env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")} | {
+            "LC_ALL": "C"
+        }
+        process = await asyncio.create_subprocess_exec(
+            "git",
+            f"--git-dir={self.path}",
+            "-c",
+            f"gpg.ssh.allowedSignersFile={allowed}",
+            "verify-commit",
+            sha,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
+        output, _ = await process.communicate()
+        if process.returncode == 0:
+            return None
+        lines = [line for line in output.decode(errors="replace").splitlines() if line.strip()]
+        return lines[-1][-_STDERR_CHARS:] if lines else "commit has no signature"  # git says nothing then
+
     def _applied(
         self, repo: pygit2.Repository, head: str, base: str | None, first: bool, path: str
     ) -> AppliedCommits:

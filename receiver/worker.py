@@ -28,10 +28,11 @@ from receiver.airflow import TemporaryAirflowError
 from receiver.config import Config, WorkerConfig
 from receiver.correlate import AuthoringRun, correlate
 from receiver.events import parse_event
-from receiver.git import CommitInfo, GitTemporaryError, Mirrors, RevisionNotFound
+from receiver.git import CommitInfo, GitTemporaryError, Mirror, Mirrors, RevisionNotFound
 from receiver.journal import Delivery, DeliveryState, Journal, JournalUnavailable
 from receiver.metrics import Metrics
 from receiver.rules import EventFacts, Policy, rule_actions
+from receiver.trailers import AIRFLOW_PREFIX
 
 log = structlog.get_logger(__name__)
 
@@ -142,9 +143,25 @@ class DeliveryProcessor:
         await note(
             delivery.id, _basis_text(applied.basis, state.last_applied, sha, len(applied.commits), path)
         )
-        correlated = correlate(applied.commits, facts, self._policy, self._config.airflow.default_instance)
+        unsigned = await self._unsigned(mirror, applied.commits)
+        correlated = correlate(
+            applied.commits, facts, self._policy, self._config.airflow.default_instance, unsigned
+        )
         await self._journal.set_correlations(delivery.id, correlated.records)
         return sha, applied.commits, correlated.runs
+
+    @staticmethod
+    async def _unsigned(mirror: Mirror, commits: tuple[CommitInfo, ...]) -> dict[str, str]:
+        """Commits with Airflow trailers whose signature the repository does not accept."""
+        if mirror.repository.allowed_signers_file is None:
+            return {}
+        problems: dict[str, str] = {}
+        for commit in commits:
+            if any(t.key.lower().startswith(AIRFLOW_PREFIX.lower()) for t in commit.trailers):
+                problem = await mirror.signature_problem(commit.sha)
+                if problem is not None:
+                    problems[commit.sha] = problem
+        return problems
 
     async def _act(
         self,

@@ -42,9 +42,16 @@ class GitOpsRepo:
         return f"file://{self.remote}"
 
     def commit(
-        self, files: Mapping[str, str], subject: str, trailers: Mapping[str, str | Sequence[str]] = {}
+        self,
+        files: Mapping[str, str],
+        subject: str,
+        trailers: Mapping[str, str | Sequence[str]] = {},
+        signing_key: Path | None = None,
     ) -> str:
-        """Write `files`, commit with `trailers` (a list value repeats the key), push; returns the sha."""
+        """Write `files`, commit with `trailers` (a list value repeats the key), push; returns the sha.
+
+        With `signing_key` (an SSH private key file) the commit is SSH-signed.
+        """
         for name, content in files.items():
             path = self.work / name
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,10 +62,24 @@ class GitOpsRepo:
             values = [value] if isinstance(value, str) else list(value)
             lines += [f"{key}: {v}" for v in values]
         message = subject + ("\n\n" + "\n".join(lines) if lines else "")
-        git("commit", "-q", "-m", message, cwd=self.work)
+        signing = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={signing_key}"] if signing_key else []
+        git(*signing, "commit", "-q", *(["-S"] if signing_key else []), "-m", message, cwd=self.work)
         git("push", "-q", "origin", "main", cwd=self.work)
         return git("rev-parse", "HEAD", cwd=self.work)
 
     @staticmethod
     def revision(sha: str) -> str:
         return f"main@sha1:{sha}"
+
+
+def ssh_signing_key(folder: Path, name: str) -> tuple[Path, str]:
+    """A new SSH key to sign commits with, and its line for an allowed-signers file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key = folder / name
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)],
+        check=True,
+        capture_output=True,
+    )
+    public = key.with_suffix(".pub").read_text().split()
+    return key, f"{name}@example.com {public[0]} {public[1]}\n"

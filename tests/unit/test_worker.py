@@ -17,7 +17,7 @@ from receiver.metrics import Metrics
 from receiver.service import worker_service
 from receiver.worker import retry_delay, trigger_run_id
 from tests.flux_replay import event_body
-from tests.gitops import GitOpsRepo
+from tests.gitops import GitOpsRepo, ssh_signing_key
 from tests.unit.conftest import Service, make_config, running, write_secret
 
 AIRFLOW_RUN_ID = re.compile(r"^[A-Za-z0-9_.~:+-]+$")
@@ -29,14 +29,19 @@ def closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def worker_config(tmp_path: Path, repo: GitOpsRepo, **worker: Any) -> Config:
+def worker_config(
+    tmp_path: Path, repo: GitOpsRepo, allowed_signers: Path | None = None, **worker: Any
+) -> Config:
     secrets = tmp_path / "secrets"
     secrets.mkdir(exist_ok=True)
     return make_config(
         tmp_path,
         git={
             "cache_dir": str(tmp_path / "git-cache"),
-            "repositories": [{"name": "flux-system/flux-system", "url": repo.url}],
+            "repositories": [
+                {"name": "flux-system/flux-system", "url": repo.url}
+                | ({"allowed_signers_file": str(allowed_signers)} if allowed_signers else {})
+            ],
             "objects": [
                 {
                     "kind": "Kustomization",
@@ -157,3 +162,28 @@ async def test_decisions_for_events_with_nothing_to_do(tmp_path: Path, journal: 
         assert first["correlations"][0]["verdict"] == "commit has no Airflow trailers"
         assert (await until_state(service, heartbeat, "done"))["duplicate_of"] == untagged
         assert (await journal.object_state("Kustomization/flux-system/apps")).last_applied == plain
+
+
+async def test_trailers_of_commits_without_an_accepted_signature_are_ignored(
+    tmp_path: Path, journal: SqliteJournal
+) -> None:
+    repo = GitOpsRepo(tmp_path / "git")
+    key, line = ssh_signing_key(tmp_path / "keys", "release-bot")
+    (tmp_path / "allowed_signers").write_text(line)
+    trailers = {"Airflow-Dag-Id": "deploy", "Airflow-Run-Id": "r1", "Airflow-Task-Id": "wait"}
+    config = worker_config(tmp_path, repo, allowed_signers=tmp_path / "allowed_signers")
+    metrics = Metrics()
+    async with running(
+        config, journal, metrics=metrics, background=[worker_service(config, journal, metrics)]
+    ) as service:
+        unsigned = repo.commit({"apps/a.yaml": "a: 1\n"}, "forged deploy", trailers)
+        refused = await until_state(service, await post(service, unsigned), "done")
+        assert refused["actions"] == []
+        assert refused["correlations"][0]["verdict"] == (
+            "signature not accepted, trailers ignored: commit has no signature"
+        )
+
+        signed = repo.commit({"apps/a.yaml": "a: 2\n"}, "real deploy", trailers, signing_key=key)
+        accepted = await until_state(service, await post(service, signed), "failed", "dead")
+        assert accepted["correlations"][-1]["verdict"] == "authored by deploy run r1"
+        assert accepted["last_error"] is not None and "Airflow" in accepted["last_error"]
