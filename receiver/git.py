@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 from urllib.parse import quote, urlsplit
 
 import pygit2
@@ -75,15 +75,11 @@ log = structlog.get_logger(__name__)
 
 
 class GitError(Exception):
-    """A git problem; `permanent` says whether retrying the same request can help."""
-
-    permanent: ClassVar[bool] = True
+    """A git problem retrying cannot fix, unless it is a GitTemporaryError."""
 
 
 class GitTemporaryError(GitError):
     """Fetching failed (network, timeout, authentication): retry later. Names the repository, no secret."""
-
-    permanent = False
 
 
 class RevisionNotFound(GitError):

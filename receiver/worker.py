@@ -28,7 +28,7 @@ from receiver.airflow import TemporaryAirflowError
 from receiver.config import Config, WorkerConfig
 from receiver.correlate import AuthoringRun, correlate
 from receiver.events import parse_event
-from receiver.git import CommitInfo, GitTemporaryError, Mirror, Mirrors, RevisionNotFound
+from receiver.git import CommitInfo, GitError, GitTemporaryError, Mirror, Mirrors
 from receiver.journal import Delivery, DeliveryState, Journal, JournalUnavailable
 from receiver.metrics import Metrics
 from receiver.rules import EventFacts, Policy, rule_actions
@@ -124,11 +124,11 @@ class DeliveryProcessor:
         mirror, path = located
         try:
             sha = await mirror.resolve(delivery.commit)
-        except RevisionNotFound as missing:
-            await note(delivery.id, f"{missing}: commits cannot be correlated; only rules apply")
-            return None, (), ()
         except GitTemporaryError as error:
             raise TemporaryProblem(str(error)) from error
+        except GitError as problem:  # unknown after a fetch, ambiguous short sha: retrying cannot help
+            await note(delivery.id, f"{problem}: commits cannot be correlated; only rules apply")
+            return None, (), ()
         state = await self._journal.object_state(delivery.object_key)
         if delivery.outcome == "success" and state.last_applied == sha:
             await note(delivery.id, f"revision {sha[:12]} was already applied: nothing new", commit=sha)

@@ -174,7 +174,7 @@ async def test_unknown_after_fetch_is_revision_not_found(remote: Remote, tmp_pat
     missing = "0123456789abcdef" * 2 + "01234567"
     with pytest.raises(RevisionNotFound) as caught:
         await mirror.resolve(missing)
-    assert caught.value.permanent
+    assert not isinstance(caught.value, GitTemporaryError)
     assert "flux-system/fleet" in str(caught.value)
     assert missing in str(caught.value)
     assert mirror.fetch_count == 1
@@ -214,7 +214,7 @@ async def test_ambiguous_short_sha_has_its_own_error(remote: Remote, tmp_path: P
     mirror = make_mirror(remote, tmp_path)
     with pytest.raises(AmbiguousRevision, match=f"{shared} matches more than one object") as caught:
         await mirror.resolve(shared)
-    assert caught.value.permanent
+    assert not isinstance(caught.value, GitTemporaryError)
     assert await mirror.resolve(shas[0][:12]) == shas[0]
 
 
@@ -432,7 +432,7 @@ async def test_fetch_failure_is_temporary_and_names_the_repository(tmp_path: Pat
     mirror = Mirror(repository, tmp_path / "cache", 20.0)
     with pytest.raises(GitTemporaryError, match="team/fleet: git clone failed") as caught:
         await mirror.resolve("a" * 40)
-    assert not caught.value.permanent
+    assert isinstance(caught.value, GitTemporaryError)
     assert not mirror.path.exists()
     assert list((tmp_path / "cache").iterdir()) == []
 
@@ -726,4 +726,4 @@ def test_mirrors_map_flux_objects_to_repositories(tmp_path: Path) -> None:
     with pytest.raises(GitConfigError, match=r"no repository 'nope/nope' in git\.repositories") as caught:
         mirrors.get("nope/nope")
     assert isinstance(caught.value, GitError)
-    assert caught.value.permanent
+    assert not isinstance(caught.value, GitTemporaryError)
