@@ -11,21 +11,23 @@ the asset's recent events before a new one is created.
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
 
-from receiver.airflow import AirflowClients, AirflowError, TemporaryAirflowError
+from receiver.airflow import AirflowClient, AirflowClients, AirflowError, TaskInstance, TemporaryAirflowError
 from receiver.journal import ActionState, Journal
 from receiver.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
 TERMINAL_TASK_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
-DONE_STATES = frozenset({ActionState.DONE, ActionState.ALREADY, ActionState.SKIPPED})
+DONE_STATES = frozenset({ActionState.DONE, ActionState.ALREADY})
 ASSET_KEY_FIELD = "fluxback_action"
 
 
@@ -44,6 +46,15 @@ class Actor:
         self._journal = journal
         self._airflow = airflow
         self._metrics = metrics
+        # Two objects whose paths overlap can report the same commit at once: one key, one caller.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[key] = lock
+        return lock
 
     async def mark_task(
         self,
@@ -68,19 +79,19 @@ class Actor:
             "map_index": map_index,
             "new_state": new_state,
         }
-        where = f"task {task_id}{'' if map_index is None else f'[{map_index}]'} of {dag_id} run {run_id}"
 
         async def perform(retrying: bool) -> Performed:
             client = self._airflow.get(instance)
-            current = await client.get_task_instance(dag_id, run_id, task_id, map_index)
-            if current.state in TERMINAL_TASK_STATES:
-                return Performed(state=ActionState.ALREADY, text=f"{where}: task already {current.state}")
-            changed = await client.set_task_instance_state(
-                dag_id, run_id, task_id, map_index, new_state, note
+            if map_index is None:  # a plain task, or every index of a mapped one
+                instances = await client.task_instances(dag_id, run_id, task_id)
+            else:
+                instances = [await client.get_task_instance(dag_id, run_id, task_id, map_index)]
+            outcomes = [await _mark_one(client, ti, new_state, note) for ti in instances]
+            changed = any(state is ActionState.DONE for state, _ in outcomes)
+            return Performed(
+                state=ActionState.DONE if changed else ActionState.ALREADY,
+                text="; ".join(text for _, text in outcomes),
             )
-            if not changed:
-                return Performed(state=ActionState.ALREADY, text=f"{where}: task already {new_state}")
-            return Performed(state=ActionState.DONE, text=f"{where}: marked {new_state}")
 
         return await self._once(delivery_id, key, "mark_task", target, perform, received_at)
 
@@ -144,6 +155,18 @@ class Actor:
     ) -> Performed:
         """Run `perform` unless the key is done; `perform(retrying)` is told when an earlier
         attempt got as far as starting, so it can check before repeating itself."""
+        async with self._lock(key):
+            return await self._once_locked(delivery_id, key, kind, target, perform, received_at)
+
+    async def _once_locked(
+        self,
+        delivery_id: int,
+        key: str,
+        kind: str,
+        target: Mapping[str, Any],
+        perform: Callable[[bool], Awaitable[Performed]],
+        received_at: float,
+    ) -> Performed:
         record, created = await self._journal.begin_action(delivery_id, key, kind, target)
         if not created and record.state in DONE_STATES:
             result = Performed(
@@ -167,3 +190,16 @@ class Actor:
             self._metrics.event_to_action.observe(max(0.0, time.time() - received_at))
         log.info("action", action=key, kind=kind, state=result.state.value, result=result.text)
         return result
+
+
+async def _mark_one(
+    client: AirflowClient, ti: TaskInstance, new_state: Literal["success", "failed"], note: str
+) -> tuple[ActionState, str]:
+    """Set one task instance's state unless it already finished: a terminal state is never overwritten."""
+    index = None if ti.map_index < 0 else ti.map_index
+    where = f"task {ti.task_id}{'' if index is None else f'[{index}]'} of {ti.dag_id} run {ti.run_id}"
+    if ti.state in TERMINAL_TASK_STATES:
+        return ActionState.ALREADY, f"{where}: task already {ti.state}"
+    if not await client.set_task_instance_state(ti.dag_id, ti.run_id, ti.task_id, index, new_state, note):
+        return ActionState.ALREADY, f"{where}: task already {new_state}"
+    return ActionState.DONE, f"{where}: marked {new_state}"

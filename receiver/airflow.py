@@ -46,6 +46,8 @@ RequestObserver = Callable[[str, str, str, float], None]
 
 NOTE_MAX_CHARS = 1000
 """Airflow refuses longer task instance and DAG run notes (422)."""
+MAX_MAP_INDEXES = 1000
+"""How many task instances of one mapped task are listed to mark every index."""
 
 _REFRESH_MARGIN_SECONDS = 60.0
 _PAGE_SIZE = 100
@@ -159,16 +161,33 @@ class AirflowClient:
         )
         if response.status == 404:
             raise await self._ti_not_found(dag_id, run_id, task_id, map_index, response)
-        body = _json_object(response, "task instance")
-        found_index = body.get("map_index")
-        return TaskInstance(
-            dag_id=dag_id,
-            run_id=run_id,
-            task_id=task_id,
-            map_index=found_index if isinstance(found_index, int) else -1,
-            state=_text_or_none(body.get("state")),
-            note=_text_or_none(body.get("note")),
+        return _task_instance(dag_id, run_id, task_id, _json_object(response, "task instance"))
+
+    async def task_instances(self, dag_id: str, run_id: str, task_id: str) -> list[TaskInstance]:
+        """Every task instance of `task_id` in the run: one for a plain task, one per map index
+        for a mapped one (Airflow answers 404 to a GET without the index for a mapped task).
+
+        Raises:
+            PermanentAirflowError: the run or the task does not exist (404), as for one index.
+        """
+        response = await self._api(
+            "GET",
+            f"/dags/{_seg(dag_id)}/dagRuns/{_seg(run_id)}/taskInstances",
+            "list_task_instances",
+            params={"task_id": task_id, "limit": str(MAX_MAP_INDEXES)},
+            accept=(200, 404),
+            what=_ti_text(dag_id, run_id, task_id, None),
         )
+        listed = (
+            _json_object(response, "task instances").get("task_instances") if response.status == 200 else []
+        )
+        if not listed:
+            raise await self._ti_not_found(dag_id, run_id, task_id, None, response)
+        return [
+            _task_instance(dag_id, run_id, task_id, item)
+            for item in listed
+            if isinstance(item, Mapping) and item.get("task_id") == task_id
+        ]
 
     async def set_task_instance_state(
         self,
@@ -656,6 +675,18 @@ def _detail_text(detail: Any) -> str:
             return f"{detail['reason']}: {message}" if message else str(detail["reason"])
         return json.dumps(detail, sort_keys=True, default=str)
     return json.dumps(detail, default=str)
+
+
+def _task_instance(dag_id: str, run_id: str, task_id: str, body: Mapping[str, Any]) -> TaskInstance:
+    found_index = body.get("map_index")
+    return TaskInstance(
+        dag_id=dag_id,
+        run_id=run_id,
+        task_id=task_id,
+        map_index=found_index if isinstance(found_index, int) else -1,
+        state=_text_or_none(body.get("state")),
+        note=_text_or_none(body.get("note")),
+    )
 
 
 def _json_object(response: _Response, what: str) -> Mapping[str, Any]:

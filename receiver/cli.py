@@ -123,9 +123,20 @@ async def _list(config: Config, query: DeliveryFilter) -> Sequence[DeliverySumma
         return await journal.list(query)
 
 
-async def _replay(config: Config, ids: Sequence[int]) -> list[int]:
+async def _replay(config: Config, ids: Sequence[int]) -> dict[int, str | None]:
+    """Each id, and why it was not replayed (None when it was)."""
     async with _opened(config) as journal:
-        return await journal.replay(ids, datetime.now(UTC))
+        replayed = await journal.replay(ids, datetime.now(UTC))
+        problems: dict[int, str | None] = {}
+        for delivery_id in ids:
+            existing = None if delivery_id in replayed else await journal.get(delivery_id)
+            if delivery_id in replayed:
+                problems[delivery_id] = None
+            elif existing is None:
+                problems[delivery_id] = "no such delivery"
+            else:
+                problems[delivery_id] = f"is {existing.state.value}; only done or dead ones replay"
+        return problems
 
 
 def _journal_missing(config: Config) -> bool:
@@ -164,16 +175,16 @@ def _replay_command(args: argparse.Namespace) -> int:
         return 1
     configure_logging(config.log)
     try:
-        replayed = asyncio.run(_replay(config, args.ids))
+        problems = asyncio.run(_replay(config, args.ids))
     except JournalUnavailable as error:
         print(f"error: journal: {error}", file=sys.stderr)
         return 1
-    for delivery_id in args.ids:
-        if delivery_id in replayed:
+    for delivery_id, problem in problems.items():
+        if problem is None:
             print(f"delivery {delivery_id}: will be processed again")
         else:
-            print(f"error: no delivery {delivery_id}", file=sys.stderr)
-    return 0 if set(args.ids) <= set(replayed) else 1
+            print(f"error: delivery {delivery_id}: {problem}", file=sys.stderr)
+    return 0 if not any(problems.values()) else 1
 
 
 def _positive(text: str) -> int:

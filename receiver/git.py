@@ -240,6 +240,16 @@ class Mirror:
                 base = await self._resolve(repo, previous, seen)
         return await asyncio.to_thread(self._applied, repo, head, base, previous is None, _tree_path(path))
 
+    async def contains(self, revision: str, commit: str) -> bool:
+        """Whether `commit` is `revision` or one of its ancestors; both are full shas `resolve` returned."""
+        repo = await self._open()
+
+        def check() -> bool:
+            with self._repo_lock:
+                return revision == commit or bool(repo.descendant_of(revision, commit))
+
+        return await asyncio.to_thread(check)
+
     async def signature_problem(self, sha: str) -> str | None:
         """Why the commit does not count as signed by an allowed signer, or None when it does.
 

@@ -232,6 +232,16 @@ class Operations:
         except JournalUnavailable:
             return unavailable("journal unavailable", "the journal cannot commit right now")
         if delivery_id not in replayed:
-            return json_error(404, "not found", f"no delivery {delivery_id}")
+            try:
+                existing = await self.journal.get(delivery_id)
+            except JournalUnavailable:
+                return unavailable("journal unavailable", "the journal cannot commit right now")
+            if existing is None:
+                return json_error(404, "not found", f"no delivery {delivery_id}")
+            return json_error(
+                409,
+                "not finished",
+                f"delivery {delivery_id} is {existing.state.value}; only done or dead ones replay",
+            )
         log.info("delivery replayed", delivery_id=delivery_id, remote=request.remote)
         return web.json_response({"replayed": replayed}, status=202)

@@ -27,7 +27,7 @@ from receiver.actions import Actor, Performed
 from receiver.airflow import TemporaryAirflowError
 from receiver.config import Config, WorkerConfig
 from receiver.correlate import AuthoringRun, correlate
-from receiver.events import parse_event
+from receiver.events import commit_from_revision, parse_event
 from receiver.git import CommitInfo, GitError, GitTemporaryError, Mirror, Mirrors
 from receiver.journal import Delivery, DeliveryState, Journal, JournalUnavailable
 from receiver.metrics import Metrics
@@ -99,9 +99,9 @@ class DeliveryProcessor:
         await self._act(delivery, facts, sha, commits or (), runs, event.timestamp)
         if sha is not None:
             if delivery.outcome == "success":
-                await self._journal.set_applied(delivery.object_key, sha)
+                await self._journal.set_applied(delivery.object_key, sha, delivery.id)
             else:
-                await self._journal.set_failed(delivery.object_key, sha)
+                await self._journal.set_failed(delivery.object_key, sha, delivery.id)
 
     async def _resolve(
         self, delivery: Delivery, facts: EventFacts
@@ -123,7 +123,7 @@ class DeliveryProcessor:
             return None, (), ()
         mirror, path = located
         try:
-            sha = await mirror.resolve(delivery.commit)
+            sha = await self._applied_commit(delivery, delivery.commit, mirror)
         except GitTemporaryError as error:
             raise TemporaryProblem(str(error)) from error
         except GitError as problem:  # unknown after a fetch, ambiguous short sha: retrying cannot help
@@ -140,15 +140,37 @@ class DeliveryProcessor:
             applied = await mirror.commits_applied(state.last_applied, sha, path)
         except GitTemporaryError as error:
             raise TemporaryProblem(str(error)) from error
-        await note(
-            delivery.id, _basis_text(applied.basis, state.last_applied, sha, len(applied.commits), path)
-        )
+        basis = _basis_text(applied.basis, state.last_applied, sha, len(applied.commits), path)
+        if applied.truncated:
+            basis += f"; the range was longer: only the newest {len(applied.commits)} commits were read"
+        await note(delivery.id, basis)
         unsigned = await self._unsigned(mirror, applied.commits)
         correlated = correlate(
             applied.commits, facts, self._policy, self._config.airflow.default_instance, unsigned
         )
         await self._journal.set_correlations(delivery.id, correlated.records)
         return sha, applied.commits, correlated.runs
+
+    async def _applied_commit(self, delivery: Delivery, commit: str, mirror: Mirror) -> str:
+        """The full sha of the commit the event reports, trusting metadata only within the revision.
+
+        `commit` metadata comes from an object annotation, not from Flux's controllers; when the
+        revision itself names a commit, the metadata commit must be that commit or an ancestor
+        of it, or the revision is used: only what Flux applied may speak for Airflow runs.
+        """
+        sha = await mirror.resolve(commit)
+        applied = commit_from_revision(delivery.revision)
+        if applied is None or applied == sha:
+            return sha
+        applied = await mirror.resolve(applied)
+        if not await mirror.contains(applied, sha):
+            await self._journal.add_decision(
+                delivery.id,
+                f"metadata commit {sha[:12]} is not part of the applied revision {delivery.revision};"
+                f" using the revision's commit {applied[:12]}",
+            )
+            return applied
+        return sha
 
     @staticmethod
     async def _unsigned(mirror: Mirror, commits: tuple[CommitInfo, ...]) -> dict[str, str]:
@@ -309,6 +331,7 @@ class Worker:
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._stranded: set[int] = set()
 
     async def run(self) -> None:
         """Until cancelled. Work interrupted by a crash or restart is taken up again first."""
@@ -329,6 +352,8 @@ class Worker:
         if free <= 0:
             return
         now = datetime.fromtimestamp(self._clock(), UTC)
+        if not await self._put_back_stranded(now):
+            return
         try:
             claimed = await self._journal.claim(now, free, frozenset(self._running))
         except JournalUnavailable as error:
@@ -356,25 +381,49 @@ class Worker:
             delivery_id=delivery.id, object=delivery.object_key, revision=delivery.revision
         ):
             try:
-                await self._processor.process(delivery)
-            except TemporaryProblem as problem:
-                await self._retry_or_bury(delivery, problem.reason, problem.retry_after)
-                return
+                await self._settle(delivery)
             except JournalUnavailable as error:
+                # Its outcome is not written, so it stays in progress and would hold back its
+                # object; it is put back as soon as the journal answers again.
                 log.warning("worker.journal_unavailable", error=str(error))
-                return  # stays in progress; taken up again after a restart
-            except Exception as error:
-                # A bug must not stop the other deliveries; the delivery is retried and visible.
-                log.exception("worker.internal_error")
-                await self._retry_or_bury(delivery, f"internal error: {type(error).__name__}: {error}", None)
-                return
-            await self._journal.set_state(delivery.id, DeliveryState.DONE)
-            log.info("delivery.done", outcome=delivery.outcome, reason=delivery.reason)
+                self._stranded.add(delivery.id)
+
+    async def _settle(self, delivery: Delivery) -> None:
+        """Process the delivery and write where it stands: done, retry later, or dead."""
+        try:
+            await self._processor.process(delivery)
+        except TemporaryProblem as problem:
+            await self._retry_or_bury(delivery, problem.reason, problem.retry_after)
+            return
+        except JournalUnavailable:
+            raise
+        except Exception as error:
+            # A bug must not stop the other deliveries; the delivery is retried and visible.
+            log.exception("worker.internal_error")
+            await self._retry_or_bury(delivery, f"internal error: {type(error).__name__}: {error}", None)
+            return
+        await self._journal.set_state(delivery.id, DeliveryState.DONE)
+        log.info("delivery.done", outcome=delivery.outcome, reason=delivery.reason)
+
+    async def _put_back_stranded(self, now: datetime) -> bool:
+        """Make deliveries whose outcome could not be written due again; False while the journal is down."""
+        for delivery_id in sorted(self._stranded):
+            try:
+                await self._journal.set_state(
+                    delivery_id,
+                    DeliveryState.FAILED,
+                    next_attempt_at=now,
+                    error="the journal was unavailable while recording the outcome; taken up again",
+                )
+            except JournalUnavailable:
+                return False
+            self._stranded.discard(delivery_id)
+        return True
 
     async def _retry_or_bury(self, delivery: Delivery, reason: str, retry_after: float | None) -> None:
         delay = retry_delay(delivery.attempts, self._config, retry_after, self._rng)
         now = self._clock()
-        age_then = now + delay - delivery.received_at.timestamp()
+        age_then = now + delay - delivery.retry_since.timestamp()
         if delivery.attempts >= self._config.max_attempts or age_then > self._config.max_age_seconds:
             await self._journal.set_state(delivery.id, DeliveryState.DEAD, error=reason)
             await self._journal.add_decision(

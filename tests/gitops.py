@@ -67,6 +67,23 @@ class GitOpsRepo:
         git("push", "-q", "origin", "main", cwd=self.work)
         return git("rev-parse", "HEAD", cwd=self.work)
 
+    def side_branch_commit(
+        self, branch: str, files: Mapping[str, str], subject: str, trailers: Mapping[str, str] = {}
+    ) -> str:
+        """A commit pushed to another branch, off main's tip; main is checked out again afterwards."""
+        git("checkout", "-q", "-b", branch, cwd=self.work)
+        try:
+            for name, content in files.items():
+                (self.work / name).parent.mkdir(parents=True, exist_ok=True)
+                (self.work / name).write_text(content)
+            git("add", "-A", cwd=self.work)
+            body = "\n".join(f"{key}: {value}" for key, value in trailers.items())
+            git("commit", "-q", "-m", subject + (f"\n\n{body}" if body else ""), cwd=self.work)
+            git("push", "-q", "origin", branch, cwd=self.work)
+            return git("rev-parse", "HEAD", cwd=self.work)
+        finally:
+            git("checkout", "-q", "main", cwd=self.work)
+
     @staticmethod
     def revision(sha: str) -> str:
         return f"main@sha1:{sha}"

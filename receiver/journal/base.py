@@ -46,7 +46,6 @@ class ActionState(StrEnum):
     DONE = "done"
     ALREADY = "already"
     """Airflow says it was done before (409, terminal task state): nothing to do."""
-    SKIPPED = "skipped"
     PERMANENT_ERROR = "permanent_error"
     TEMPORARY_ERROR = "temporary_error"
 
@@ -143,6 +142,8 @@ class DeliverySummary:
     next_attempt_at: datetime | None
     duplicate_of: int | None
     last_error: str | None
+    retry_since: datetime
+    """Receipt, or the last replay: the retry budget's age counts from here."""
 
     @property
     def object_key(self) -> str:
@@ -212,9 +213,6 @@ class Journal(Protocol):
         """Take due deliveries: at most one per object, the oldest unfinished one, none for
         `busy_objects`; moves them to resolving and counts the attempt."""
 
-    async def next_due(self) -> datetime | None:
-        """When the earliest pending delivery becomes due (None when nothing is pending)."""
-
     async def set_state(
         self,
         delivery_id: int,
@@ -240,12 +238,15 @@ class Journal(Protocol):
 
     async def object_state(self, object_key: str) -> ObjectState: ...
 
-    async def set_applied(self, object_key: str, revision: str) -> None: ...
+    async def set_applied(self, object_key: str, revision: str, delivery_id: int) -> None:
+        """Record `revision` as live, unless a later delivery already recorded another one."""
 
-    async def set_failed(self, object_key: str, revision: str) -> None: ...
+    async def set_failed(self, object_key: str, revision: str, delivery_id: int) -> None:
+        """Record `revision` as failed, unless a later delivery already recorded another one."""
 
     async def replay(self, delivery_ids: Sequence[int], now: datetime) -> builtins.list[int]:
-        """Make finished deliveries pending again (attempts reset); returns the ids that exist."""
+        """Make finished (done or dead) deliveries pending again with a fresh retry budget;
+        returns the ids replayed (unknown and unfinished ones are left alone)."""
 
     async def prune(self, older_than: datetime) -> int:
         """Delete finished deliveries received before `older_than`; returns how many."""

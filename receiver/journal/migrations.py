@@ -82,4 +82,32 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated_at REAL NOT NULL
         )""",
     ),
+    (
+        # Dedupe compares with the object's latest original delivery (so a return to an earlier
+        # revision is seen again); one revision may therefore have several originals.
+        "DROP INDEX deliveries_one_original_per_key",
+        # A replay restarts the retry budget; received_at stays the time of receipt.
+        "ALTER TABLE deliveries ADD COLUMN retry_since REAL",
+        "UPDATE deliveries SET retry_since = received_at",
+        # Which delivery set the object state: replaying an older one cannot move it back.
+        "ALTER TABLE object_state ADD COLUMN applied_by INTEGER",
+        "ALTER TABLE object_state ADD COLUMN failed_by INTEGER",
+        # Actions outlive retention (their keys keep actions from repeating): no foreign key.
+        """CREATE TABLE actions_kept (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            key TEXT NOT NULL UNIQUE,
+            delivery_id INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            target TEXT NOT NULL,
+            state TEXT NOT NULL,
+            result TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        "INSERT INTO actions_kept SELECT * FROM actions",
+        "DROP TABLE actions",
+        "ALTER TABLE actions_kept RENAME TO actions",
+        "CREATE INDEX actions_by_delivery ON actions (delivery_id)",
+    ),
 )

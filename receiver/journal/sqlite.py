@@ -42,7 +42,8 @@ T = TypeVar("T")
 
 _SUMMARY_COLUMNS = (
     "id, state, received_at, updated_at, kind, namespace, name, reason, severity, outcome, "
-    "revision, commit_sha, attempts, next_attempt_at, duplicate_of, last_error"
+    "revision, commit_sha, attempts, next_attempt_at, duplicate_of, last_error,"
+    " COALESCE(retry_since, received_at)"
 )
 
 
@@ -124,20 +125,24 @@ class SqliteJournal:
                 return AppendResult(row[0], True, row[1])
             original = None
             if delivery.dedupe_key is not None:
-                found = db.execute(
-                    "SELECT id FROM deliveries WHERE dedupe_key = ? AND duplicate_of IS NULL",
-                    (delivery.dedupe_key,),
+                # Only the object's latest event that could act counts: a heartbeat repeats it,
+                # while a return to an earlier revision after another one is news again.
+                latest = db.execute(
+                    "SELECT id, dedupe_key FROM deliveries WHERE kind = ? AND namespace = ? AND name = ?"
+                    " AND duplicate_of IS NULL AND dedupe_key IS NOT NULL ORDER BY id DESC LIMIT 1",
+                    (delivery.kind, delivery.namespace, delivery.name),
                 ).fetchone()
-                original = found[0] if found else None
+                original = latest[0] if latest and latest[1] == delivery.dedupe_key else None
             now = _now()
             state = DeliveryState.DONE if original is not None else DeliveryState.RECEIVED
             cursor = db.execute(
-                "INSERT INTO deliveries (body, body_sha256, received_at, updated_at, kind, namespace, name,"
-                " reason, severity, outcome, revision, commit_sha, dedupe_key, duplicate_of, state,"
-                " authenticated_by) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO deliveries (body, body_sha256, received_at, retry_since, updated_at, kind,"
+                " namespace, name, reason, severity, outcome, revision, commit_sha, dedupe_key,"
+                " duplicate_of, state, authenticated_by) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     delivery.body,
                     delivery.body_sha256,
+                    _ts(delivery.received_at),
                     _ts(delivery.received_at),
                     now,
                     delivery.kind,
@@ -275,17 +280,6 @@ class SqliteJournal:
 
         return await self._run(write)
 
-    async def next_due(self) -> datetime | None:
-        def read(db: sqlite3.Connection) -> datetime | None:
-            row = db.execute(
-                "SELECT MIN(COALESCE(next_attempt_at, 0)) FROM deliveries"  # noqa: S608
-                f" WHERE id IN ({_HEADS}) AND state IN (?, ?)",
-                [*_HEAD_PARAMS, *(s.value for s in PENDING_STATES)],
-            ).fetchone()
-            return _dt(row[0]) if row and row[0] is not None else None
-
-        return await self._run(read)
-
     async def set_state(
         self,
         delivery_id: int,
@@ -378,19 +372,23 @@ class SqliteJournal:
 
         return await self._run(read)
 
-    async def set_applied(self, object_key: str, revision: str) -> None:
-        await self._set_object_column(object_key, "last_applied", revision)
+    async def set_applied(self, object_key: str, revision: str, delivery_id: int) -> None:
+        await self._set_object_column(object_key, "last_applied", "applied_by", revision, delivery_id)
 
-    async def set_failed(self, object_key: str, revision: str) -> None:
-        await self._set_object_column(object_key, "last_failed", revision)
+    async def set_failed(self, object_key: str, revision: str, delivery_id: int) -> None:
+        await self._set_object_column(object_key, "last_failed", "failed_by", revision, delivery_id)
 
-    async def _set_object_column(self, object_key: str, column: str, revision: str) -> None:
+    async def _set_object_column(
+        self, object_key: str, column: str, by_column: str, revision: str, delivery_id: int
+    ) -> None:
         def write(db: sqlite3.Connection) -> None:
+            # Deliveries arrive in id order; a replayed older one must not move the state back.
             db.execute(
-                f"INSERT INTO object_state (object_key, {column}, updated_at) VALUES (?, ?, ?)"  # noqa: S608
-                f" ON CONFLICT(object_key) DO UPDATE SET {column} = excluded.{column},"
-                " updated_at = excluded.updated_at",
-                (object_key, revision, _now()),
+                f"INSERT INTO object_state (object_key, {column}, {by_column}, updated_at)"  # noqa: S608
+                f" VALUES (?, ?, ?, ?) ON CONFLICT(object_key) DO UPDATE SET {column} = excluded.{column},"
+                f" {by_column} = excluded.{by_column}, updated_at = excluded.updated_at"
+                f" WHERE COALESCE(object_state.{by_column}, 0) <= excluded.{by_column}",
+                (object_key, revision, delivery_id, _now()),
             )
 
         await self._run(write)
@@ -398,11 +396,18 @@ class SqliteJournal:
     async def replay(self, delivery_ids: Sequence[int], now: datetime) -> builtins.list[int]:
         def write(db: sqlite3.Connection) -> list[int]:
             replayed: list[int] = []
+            finished = ",".join("?" for _ in FINAL_STATES)
             for delivery_id in delivery_ids:
                 cursor = db.execute(
-                    "UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = NULL, updated_at = ?"
-                    " WHERE id = ?",
-                    (DeliveryState.RECEIVED.value, _ts(now), delivery_id),
+                    "UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = NULL,"  # noqa: S608
+                    f" retry_since = ?, updated_at = ? WHERE id = ? AND state IN ({finished})",
+                    (
+                        DeliveryState.RECEIVED.value,
+                        _ts(now),
+                        _ts(now),
+                        delivery_id,
+                        *(s.value for s in FINAL_STATES),
+                    ),
                 )
                 if cursor.rowcount:
                     _insert_decision(db, delivery_id, "replay requested by an operator", {})
@@ -416,9 +421,10 @@ class SqliteJournal:
             marks = ",".join("?" for _ in FINAL_STATES)
             params = [_ts(older_than), *(s.value for s in FINAL_STATES)]
             selection = f"SELECT id FROM deliveries WHERE received_at < ? AND state IN ({marks})"  # noqa: S608
-            # Duplicates keep their `duplicate_of` number even when the original is gone: it is
-            # a note for operators, and the object state (never pruned) guards against acting twice.
-            for table in ("decisions", "correlations", "actions"):
+            # Duplicates keep their `duplicate_of` number even when the original is gone: it is a
+            # note for operators. Actions and object state are never pruned: their keys and
+            # revisions are what keeps an old event, seen again, from acting twice.
+            for table in ("decisions", "correlations"):
                 db.execute(f"DELETE FROM {table} WHERE delivery_id IN ({selection})", params)  # noqa: S608
             return db.execute(f"DELETE FROM deliveries WHERE id IN ({selection})", params).rowcount  # noqa: S608
 
@@ -482,6 +488,7 @@ def _summary_fields(row: Sequence[Any]) -> dict[str, Any]:
         "next_attempt_at": _dt(row[13]),
         "duplicate_of": row[14],
         "last_error": row[15],
+        "retry_since": _dt(row[16]),
     }
 
 
@@ -534,8 +541,8 @@ def _delivery(db: sqlite3.Connection, row: Sequence[Any]) -> Delivery:
     )
     return Delivery(
         **_summary_fields(row),
-        body=bytes(row[16]),
-        authenticated_by=row[17],
+        body=bytes(row[17]),
+        authenticated_by=row[18],
         decisions=decisions,
         correlations=correlations,
         actions=actions,

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 
 WAIT_DAG = "fluxback_wait"
 WAIT_TASK = "wait_for_deploy"
+MAPPED_DAG = "fluxback_wait_mapped"
 CONSUMER_DAG = "fluxback_asset_consumer"
 APPS_ASSET = "flux://test/Kustomization/flux-system/apps"
 
@@ -27,7 +28,7 @@ StartFluxback = Callable[..., FluxbackService]
 
 @pytest.fixture(scope="module")
 def airflow_ready(airflow: AirflowServer) -> AirflowServer:
-    airflow.wait_for_dags(WAIT_DAG, "post_deploy", CONSUMER_DAG, timeout=90)
+    airflow.wait_for_dags(WAIT_DAG, MAPPED_DAG, "post_deploy", CONSUMER_DAG, timeout=90)
     return airflow
 
 
@@ -302,3 +303,31 @@ async def test_an_unknown_run_is_a_permanent_error_not_retried(
     [action] = delivery["actions"]
     assert action["state"] == "permanent_error"
     assert "404" in action["result"] and "no_such_run" in action["result"]
+
+
+async def test_a_mapped_wait_is_marked_at_every_index_or_at_the_one_named(
+    airflow_ready: AirflowServer, gitops: GitOpsRepo, start_fluxback: StartFluxback
+) -> None:
+    every, one = f"test__{uuid.uuid4().hex[:12]}", f"test__{uuid.uuid4().hex[:12]}"
+    for run_id in (every, one):
+        airflow_ready.trigger(MAPPED_DAG, run_id)
+        for index in (0, 1):
+            await airflow_ready.wait_for_ti_state(
+                MAPPED_DAG, run_id, f"{WAIT_TASK}[{index}]", ["deferred"], within=90
+            )
+    fluxback = start_fluxback()
+    await fluxback.wait_delivery(await fluxback.report(gitops.commit({"apps/base.yaml": "v: 0\n"}, "base")))
+    gitops.commit({"apps/all.yaml": "v: 1\n"}, "both clusters", trailers(every, dag_id=MAPPED_DAG))
+    tip = gitops.commit(
+        {"apps/one.yaml": "v: 1\n"},
+        "one cluster",
+        trailers(one, dag_id=MAPPED_DAG) | {"Airflow-Map-Index": "1"},
+    )
+
+    delivery = await fluxback.wait_delivery(await fluxback.report(tip))
+
+    assert action_states(delivery) == [("mark_task", "done"), ("mark_task", "done")]
+    assert await airflow_ready.wait_for_run_state(MAPPED_DAG, every) == "success"
+    assert airflow_ready.task_states(MAPPED_DAG, every)["after_deploy"] == "success"
+    states = airflow_ready.task_states(MAPPED_DAG, one)
+    assert (states[f"{WAIT_TASK}[0]"], states[f"{WAIT_TASK}[1]"]) == ("deferred", "success")

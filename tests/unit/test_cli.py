@@ -157,4 +157,7 @@ def test_replay(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["deliveries", "--config", str(path), "--state", "received"]) == 0
     assert str(delivery_id) in capsys.readouterr().out
     assert main(["replay", "--config", str(path), str(delivery_id), "4242"]) == 1
-    assert capsys.readouterr().err == "error: no delivery 4242\n"
+    assert capsys.readouterr().err == (
+        f"error: delivery {delivery_id}: is received; only done or dead ones replay\n"
+        "error: delivery 4242: no such delivery\n"
+    )

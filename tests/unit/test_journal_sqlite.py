@@ -89,7 +89,6 @@ async def test_claim_is_sequential_per_object_and_parallel_across(journal: Sqlit
     assert await journal.claim(T0, 10, frozenset()) == []
     await journal.set_state(a1.id, DeliveryState.FAILED, next_attempt_at=T0 + timedelta(minutes=5), error="x")
     assert await journal.claim(T0, 10, frozenset()) == []
-    assert await journal.next_due() == T0 + timedelta(minutes=5)
     retried = await journal.claim(T0 + timedelta(minutes=5), 10, frozenset())
     assert [(d.id, d.attempts, d.last_error) for d in retried] == [(a1.id, 2, "x")]
     await journal.set_state(a1.id, DeliveryState.DONE)
@@ -167,10 +166,14 @@ async def test_filters(journal: SqliteJournal) -> None:
 async def test_object_state_replay_and_prune(journal: SqliteJournal) -> None:
     key = "Kustomization/flux-system/apps"
     assert (await journal.object_state(key)).last_applied is None
-    await journal.set_applied(key, "a" * 40)
-    await journal.set_failed(key, "c" * 40)
+    await journal.set_applied(key, "a" * 40, 7)
+    await journal.set_failed(key, "c" * 40, 7)
+    await journal.set_applied(key, "0" * 40, 3)  # a replayed older delivery does not move it back
+    await journal.set_failed(key, "0" * 40, 3)
     state = await journal.object_state(key)
     assert (state.last_applied, state.last_failed) == ("a" * 40, "c" * 40)
+    await journal.set_applied(key, "b" * 40, 8)
+    assert (await journal.object_state(key)).last_applied == "b" * 40
 
     old = await journal.append(new_delivery(b"old", dedupe="old", received_at=T0 - timedelta(days=40)))
     fresh = await journal.append(new_delivery(b"new", dedupe="new", received_at=T0))
@@ -186,7 +189,7 @@ async def test_object_state_replay_and_prune(journal: SqliteJournal) -> None:
     assert await journal.prune(T0 - timedelta(days=30)) == 1
     assert await journal.get(old.id) is None
     assert await journal.get(pending.id) is not None  # unfinished work is never pruned
-    assert (await journal.object_state(key)).last_applied == "a" * 40
+    assert (await journal.object_state(key)).last_applied == "b" * 40
 
 
 async def test_schema_is_versioned(tmp_path: Path) -> None:
@@ -213,3 +216,37 @@ async def test_unwritable_journal_is_unavailable(tmp_path: Path) -> None:
     await closed.close()
     with pytest.raises(JournalUnavailable):
         await closed.append(new_delivery(b"late"))
+
+
+async def test_a_return_to_an_earlier_revision_is_news_but_a_heartbeat_is_not(journal: SqliteJournal) -> None:
+    a1 = await journal.append(new_delivery(b"A once", revision="main@sha1:" + "a" * 40, dedupe="A"))
+    b1 = await journal.append(new_delivery(b"B", revision="main@sha1:" + "b" * 40, dedupe="B"))
+    a2 = await journal.append(new_delivery(b"A again", revision="main@sha1:" + "a" * 40, dedupe="A"))
+    a3 = await journal.append(new_delivery(b"A heartbeat", revision="main@sha1:" + "a" * 40, dedupe="A"))
+    progress = await journal.append(new_delivery(b"progress", outcome="progress", dedupe=None))
+    a4 = await journal.append(new_delivery(b"A after progress", revision="main@sha1:" + "a" * 40, dedupe="A"))
+    assert [r.duplicate for r in (a1, b1, a2)] == [False, False, False]
+    assert (a3.duplicate, a3.duplicate_of) == (True, a2.id)
+    assert not progress.duplicate
+    assert (a4.duplicate, a4.duplicate_of) == (True, a2.id)
+
+
+async def test_pruning_keeps_action_keys_and_replay_restarts_the_retry_budget(journal: SqliteJournal) -> None:
+    old = await journal.append(new_delivery(b"old", received_at=T0 - timedelta(days=40)))
+    await journal.begin_action(old.id, "asset:x", "asset_event", {"uri": "x"})
+    await journal.finish_action("asset:x", ActionState.DONE, "asset event 1 created")
+    await journal.set_state(old.id, DeliveryState.DEAD)
+    assert await journal.prune(T0 - timedelta(days=30)) == 1
+    record, created = await journal.begin_action(999, "asset:x", "asset_event", {"uri": "x"})
+    assert not created and record.state is ActionState.DONE
+
+    dead = await journal.append(new_delivery(b"dead", dedupe="d", received_at=T0 - timedelta(days=3)))
+    await journal.set_state(dead.id, DeliveryState.DEAD)
+    before = await journal.get(dead.id)
+    assert before is not None and before.retry_since == T0 - timedelta(days=3)
+    assert await journal.replay([dead.id], T0) == [dead.id]
+    replayed = await journal.get(dead.id)
+    assert replayed is not None
+    assert (replayed.retry_since, replayed.received_at) == (T0, T0 - timedelta(days=3))
+    # Only finished deliveries replay: this one is pending again now.
+    assert await journal.replay([dead.id], T0) == []

@@ -162,6 +162,9 @@ async def test_replay_needs_an_admin_token(service: Service) -> None:
     assert status == 403
     assert "not-an-admin-token" not in json.dumps(answer)
     status, answer, _ = await _replay(service, posted["id"], ADMIN_TOKEN)
+    assert (status, answer["error"]) == (409, "not finished")  # still waiting for the worker
+    await service.journal.set_state(posted["id"], DeliveryState.DEAD, error="Airflow unreachable")
+    status, answer, _ = await _replay(service, posted["id"], ADMIN_TOKEN)
     assert (status, answer) == (202, {"replayed": [posted["id"]]})
     status, _, _ = await _replay(service, 999, ADMIN_TOKEN)
     assert status == 404

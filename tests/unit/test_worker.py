@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from receiver.config import Config, WorkerConfig
+from receiver.journal import DeliveryState, JournalUnavailable
 from receiver.journal.sqlite import SqliteJournal
 from receiver.metrics import Metrics
 from receiver.service import worker_service
@@ -187,3 +188,71 @@ async def test_trailers_of_commits_without_an_accepted_signature_are_ignored(
         accepted = await until_state(service, await post(service, signed), "failed", "dead")
         assert accepted["correlations"][-1]["verdict"] == "authored by deploy run r1"
         assert accepted["last_error"] is not None and "Airflow" in accepted["last_error"]
+
+
+class FlakyJournal(SqliteJournal):
+    """A real journal whose disk refuses the first write of a final state (e.g. briefly full)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.refusals = 1
+
+    async def set_state(
+        self,
+        delivery_id: int,
+        state: DeliveryState,
+        *,
+        next_attempt_at: datetime | None = None,
+        error: str | None = None,
+    ) -> None:
+        if state is DeliveryState.DONE and self.refusals:
+            self.refusals -= 1
+            raise JournalUnavailable("journal cannot commit: disk I/O error")
+        await super().set_state(delivery_id, state, next_attempt_at=next_attempt_at, error=error)
+
+
+async def test_an_outcome_the_journal_could_not_write_is_taken_up_again(tmp_path: Path) -> None:
+    repo = GitOpsRepo(tmp_path / "git")
+    sha = repo.commit({"apps/a.yaml": "a: 1\n"}, "plain")
+    config = worker_config(tmp_path, repo)
+    journal = FlakyJournal(tmp_path / "flaky.db")
+    await journal.open()
+    metrics = Metrics()
+    try:
+        async with running(
+            config, journal, metrics=metrics, background=[worker_service(config, journal, metrics)]
+        ) as service:
+            first = await post(service, sha)
+            done = await until_state(service, first, "done")
+            later = await until_state(
+                service, await post(service, sha, name="apps", reason="Progressing"), "done"
+            )
+    finally:
+        await journal.close()
+    assert journal.refusals == 0
+    assert done["attempts"] == 2
+    assert "journal was unavailable" in (done["last_error"] or "")
+    assert later["state"] == "done"  # the object was not held back
+
+
+async def test_a_metadata_commit_outside_the_applied_revision_is_not_trusted(
+    tmp_path: Path, journal: SqliteJournal
+) -> None:
+    repo = GitOpsRepo(tmp_path / "git")
+    applied = repo.commit({"apps/a.yaml": "a: 1\n"}, "what Flux applied")
+    side = repo.side_branch_commit(
+        "elsewhere",
+        {"apps/a.yaml": "a: 666\n"},
+        "never applied",
+        {"Airflow-Dag-Id": "deploy", "Airflow-Run-Id": "x"},
+    )
+    config = worker_config(tmp_path, repo)
+    metrics = Metrics()
+    async with running(
+        config, journal, metrics=metrics, background=[worker_service(config, journal, metrics)]
+    ) as service:
+        delivery_id = await post(service, applied, metadata={"commit": side})
+        delivery = await until_state(service, delivery_id, "done")
+    texts = [d["text"] for d in delivery["decisions"]]
+    assert any(f"metadata commit {side[:12]} is not part of the applied revision" in t for t in texts)
+    assert [c["commit"] for c in delivery["correlations"]] == [applied]
