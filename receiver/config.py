@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -554,6 +555,17 @@ TOP_LEVEL_KEYS = {
 
 def _cross_checks(reader: _Reader, config: Config) -> None:
     instances = config.airflow.instances
+    if instances and config.airflow.default_instance not in instances:
+        reader.error(
+            "airflow.default_instance",
+            f"no Airflow instance {config.airflow.default_instance!r} in airflow.instances",
+        )
+    urls = [(f"git.repositories[{i}].url", r.url) for i, r in enumerate(config.git.repositories)]
+    urls += [(f"airflow.instances.{name}.url", i.url) for name, i in instances.items()]
+    for key, url in urls:
+        if "@" in urlsplit(url).netloc:
+            # A name or token in the URL would reach logs and /deliveries; secrets live in files.
+            reader.error(key, "must not carry a user or password; use token_file or the *_file keys")
     for index, rule in enumerate(config.rules):
         for t_index, trigger in enumerate(rule.trigger):
             if instances and trigger.instance not in instances:

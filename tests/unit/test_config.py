@@ -111,3 +111,23 @@ def test_the_example_dev_configuration_is_valid(monkeypatch: pytest.MonkeyPatch)
     config = load_config("examples/config/dev.yaml", environ={})
     assert (config.listen_host, config.listen_port) == ("127.0.0.1", 9292)
     assert startup_problems(config) == []
+
+
+def test_urls_with_credentials_and_unknown_default_instance_are_refused() -> None:
+    raw = {
+        "git": {
+            "repositories": [{"name": "flux-system/fleet", "url": "https://ghp_x@github.com/acme/fleet.git"}]
+        },
+        "airflow": {
+            "default_instance": "prod",
+            "instances": {"default": {"url": "http://admin:pw@airflow:8080", "token_file": "/t"}},
+        },
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, "<test>", environ={})
+    assert caught.value.errors == [
+        "airflow.default_instance: no Airflow instance 'prod' in airflow.instances",
+        "git.repositories[0].url: must not carry a user or password; use token_file or the *_file keys",
+        "airflow.instances.default.url: must not carry a user or password; use token_file or the *_file keys",
+    ]
+    assert all("ghp_x" not in e and "pw@" not in e for e in caught.value.errors)
