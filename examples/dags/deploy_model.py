@@ -6,7 +6,15 @@
 `commit` sets the image tag in the model server's HelmRelease and pushes it with
 this run's trailers; `wait_for_deploy` is deferred (no worker slot) until
 Fluxback marks it when Flux reports the revision. On failure, or when the
-deadline passes first, `rollback` reverts the commit.
+deadline passes first, `rollback` reverts the commit. The revert carries the
+run's trailers too (so Fluxback links it to this run) plus `Fluxback-Change:
+rollback`, and `rollback` returns its push result, so whoever sees the revert go
+live (a rule's DAG, an asset consumer) can tell it from a deploy: see
+`model_deployed.py`.
+
+To deploy again, trigger a new run. Clearing a finished run does not redeploy
+what is already in git: its commit task finds nothing to change and the sensor
+does not wait (see docs/dag-authors.md).
 
 Configuration, per run through params/conf:
 - `model_version`: the version to deploy (the image tag is derived from it);
@@ -77,7 +85,7 @@ with DAG(
 
     @task(trigger_rule=TriggerRule.ONE_FAILED)
     def rollback(params: dict[str, Any], **context: Any) -> dict[str, Any] | None:
-        """Revert the deploy commit, so Flux goes back to what ran before."""
+        """Revert the deploy commit, so Flux goes back to what ran before; marked as a rollback."""
         push = context["ti"].xcom_pull(task_ids="commit")
         if not push or not push["committed"]:
             print("nothing was committed, nothing to roll back")
@@ -88,9 +96,11 @@ with DAG(
             branch=params["branch"],
             change=RevertCommit(push["commit"]),
             message=f"Roll back model {params['model_version']}\n\n"
-            f"Flux did not report {push['revision']} deployed and healthy.",
+            f"This reverts commit {push['commit']}: Flux did not report {push['revision']}"
+            " deployed and healthy.\n\n"
+            "Fluxback-Change: rollback",
             flux_receiver_conn_id=params["flux_receiver_conn_id"] or None,
         )
-        return result.as_xcom()
+        return {**result.as_xcom(), "reverts": push["commit"]}
 
     render() >> commit >> wait >> [smoke_test(), rollback()]

@@ -5,12 +5,16 @@ own git DAG bundles need it), it speaks every transport and credential setup the
 worker already has (proxies, CA bundles, `url.insteadOf`, SSH), and it avoids
 adding a compiled dependency such as pygit2 to Airflow's environment.
 
-Credentials never appear on a command line, in `.git/config` or in logs: HTTPS
-credentials reach git through a credential helper that reads two environment
-variables of the git process (the helper is configured with `GIT_CONFIG_*`
-variables, not arguments), and an SSH key is written to a private temporary file
-named in `GIT_SSH_COMMAND` and deleted afterwards. A repository URL that embeds a
-password is refused.
+Credentials never appear on a command line, in an environment, in `.git/config`
+or in logs. The HTTPS token is written to a private temporary file, and git gets
+it from a credential helper of shell built-ins that reads that file (the helper
+is configured with `GIT_CONFIG_*` variables, not arguments, and only the file's
+path is in the environment); the worker's own credential helpers are switched
+off for the push, so none (`store`, say) can save the token. An SSH key is a
+private temporary file named in `GIT_SSH_COMMAND`. Both files are deleted
+afterwards. A repository URL with user info (`https://token@host/...`) is
+refused, because the URL reaches XCom, logs and error messages; only an SSH user
+name (`ssh://git@host/...`) is allowed.
 
 A push rejected as non-fast-forward (someone pushed in between) is retried on the
 new tip: the work tree is reset to the fetched tip and the change is applied
@@ -22,8 +26,11 @@ be functions of the work tree (set this value, revert that commit), which the
 ready-made ones are.
 
 A retried Airflow task is safe too: when nothing changes but a recent commit on
-the branch has the very same message (the trailers name the run), that commit is
-reported as the one carrying the change, so a sensor still waits for its deploy.
+the branch has the very same message, that commit is reported as the one carrying
+the change, so a sensor still waits for its deploy. Messages made with
+`add_airflow_trailers` name the run and, once the run has been cleared, how often
+(`Fluxback-Clear-Number`), so only a try since the last clear can match: a cleared
+run does not mistake its own commit of days ago for one to wait for again.
 """
 
 from __future__ import annotations
@@ -46,13 +53,18 @@ DEFAULT_HTTPS_USERNAME = "x-access-token"
 """Sent when a token is given without a user name; GitHub and most hosts accept any name with a token."""
 
 _USERNAME_VARIABLE = "FLUXBACK_GIT_USERNAME"
-_PASSWORD_VARIABLE = "FLUXBACK_GIT_PASSWORD"  # noqa: S105 - the name of a variable, not a password
-# A credential helper that answers `get` from the environment of the git process. The empty
-# helper first clears any helper from the worker's git config (which could store the token).
+_PASSWORD_FILE_VARIABLE = "FLUXBACK_GIT_PASSWORD_FILE"  # noqa: S105 - names a variable, holds a path
+# Answers `get` with the user name and the first line of the password file. It runs as
+# `sh -c '<helper> get'` and `read` and `printf` are built-ins, so no process has the token in its
+# argv or environment. git collects every `credential.helper` and `credential.<url>.helper`
+# matching the remote in config order, and an empty value empties the list; the empty one below
+# comes from `GIT_CONFIG_*` (the command scope, read last), so it drops the worker's helpers,
+# URL-specific ones included, before this one is added.
 _CREDENTIAL_HELPER = (
-    '!f() { test "$1" = get || return 0;'
-    f' printf "username=%s\\npassword=%s\\n" "${_USERNAME_VARIABLE}" "${_PASSWORD_VARIABLE}"; }}; f'
+    f'!f() {{ test "$1" = get || return 0; IFS= read -r password < "${_PASSWORD_FILE_VARIABLE}";'
+    f' printf "username=%s\\npassword=%s\\n" "${_USERNAME_VARIABLE}" "$password"; }}; f'
 )
+_SSH_SCHEMES = ("ssh", "git+ssh", "ssh+git")
 
 
 RECENT_COMMITS = 100
@@ -110,7 +122,8 @@ class PushResult:
     """The commit pushed, or the branch tip when there was nothing to commit."""
     committed: bool
     """A commit carries the change: made now, or found among the branch's recent commits with the very
-    same message (an earlier try of the same task pushed it, then failed or was retried)."""
+    same message (an earlier try of the same task pushed it, then failed or was retried). False means
+    git already had the change, not that it is deployed: another run may have pushed it and still wait."""
     attempts: int
     """Push attempts made (0 when nothing was committed at the first try)."""
 
@@ -175,8 +188,9 @@ def commit_and_push(
 
     Retrying is safe: when the change is already on the branch and one of its last
     `RECENT_COMMITS` commits has exactly this message, that commit is returned as the one
-    carrying the change. Messages made by `push_change` name the run in their trailers, so they
-    are unique; a message of your own should be unique to the change as well.
+    carrying the change. Messages made with `add_airflow_trailers` (as `push_change` does) name
+    the run and its clear number, so only an earlier try of the same task since the run's last
+    clear matches; a message of your own must be as unique, or an older commit is taken for this one.
 
     Args:
         repository: the remote URL (`https://...`, `ssh://...`, `git@host:path`, `file://...`).
@@ -194,10 +208,9 @@ def commit_and_push(
     Raises:
         GitError: a git command failed (clone, fetch, commit, push refused by the server).
         PushRejected: the branch moved before every one of `attempts` pushes.
-        ValueError: the URL carries a password, or `attempts` is below 1.
+        ValueError: the URL carries user info (other than an SSH user name), or `attempts` is below 1.
     """
-    if urlsplit(repository).password:
-        raise ValueError("the repository URL contains a password; put credentials in the Airflow Connection")
+    _refuse_credentials_in(repository)
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, got {attempts}")
     changes = [change] if callable(change) else list(change)
@@ -246,35 +259,58 @@ def commit_and_push(
     )
 
 
+def _refuse_credentials_in(repository: str) -> None:
+    """Refuse a URL with user info: a token there would reach XCom, logs and error messages.
+
+    `https://ghp_xxx@host/...` is a token without a password, so any user info is refused,
+    except a user name in an SSH URL (`ssh://git@host/...`), which is not a secret.
+    """
+    parts = urlsplit(repository)
+    if parts.password is not None or (parts.username is not None and parts.scheme not in _SSH_SCHEMES):
+        raise ValueError(
+            "the repository URL has user info (`user@` or `user:password@`), which would be shown in"
+            " XCom, logs and errors; put credentials in the Airflow Connection's login and password"
+        )
+
+
 @contextmanager
 def _git_environment(auth: GitAuth) -> Iterator[dict[str, str]]:
-    """The environment for git: never prompt, and the credentials of `auth` (removed afterwards)."""
+    """The environment for git: never prompt, and the credentials of `auth` in files deleted afterwards."""
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-    if auth.password:
-        env.update(
-            {
-                "GIT_CONFIG_COUNT": "2",
-                "GIT_CONFIG_KEY_0": "credential.helper",
-                "GIT_CONFIG_VALUE_0": "",
-                "GIT_CONFIG_KEY_1": "credential.helper",
-                "GIT_CONFIG_VALUE_1": _CREDENTIAL_HELPER,
-                _USERNAME_VARIABLE: auth.username or DEFAULT_HTTPS_USERNAME,
-                _PASSWORD_VARIABLE: auth.password,
-            }
-        )
-    if not auth.ssh_private_key:
+    if not (auth.password or auth.ssh_private_key):
         yield env
         return
-    with tempfile.TemporaryDirectory(prefix="fluxback-ssh-") as secrets:
-        key = Path(secrets) / "key"
-        key.touch(mode=0o600)
-        key.write_text(auth.ssh_private_key.strip() + "\n")
-        command = ["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"]
-        if auth.ssh_known_hosts:
-            known_hosts = Path(secrets) / "known_hosts"
-            known_hosts.write_text(auth.ssh_known_hosts.strip() + "\n")
-            command += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
-        yield {**env, "GIT_SSH_COMMAND": shlex.join(command)}
+    with tempfile.TemporaryDirectory(prefix="fluxback-git-secrets-") as secrets:  # mode 0700
+        if auth.password:
+            password = _private_file(Path(secrets) / "password", auth.password + "\n")
+            env.update(
+                {
+                    "GIT_CONFIG_COUNT": "2",
+                    "GIT_CONFIG_KEY_0": "credential.helper",
+                    "GIT_CONFIG_VALUE_0": "",
+                    "GIT_CONFIG_KEY_1": "credential.helper",
+                    "GIT_CONFIG_VALUE_1": _CREDENTIAL_HELPER,
+                    _USERNAME_VARIABLE: auth.username or DEFAULT_HTTPS_USERNAME,
+                    _PASSWORD_FILE_VARIABLE: str(password),
+                }
+            )
+        if auth.ssh_private_key:
+            key = _private_file(Path(secrets) / "key", auth.ssh_private_key.strip() + "\n")
+            command = ["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"]
+            if auth.ssh_known_hosts:
+                known_hosts = _private_file(
+                    Path(secrets) / "known_hosts", auth.ssh_known_hosts.strip() + "\n"
+                )
+                command += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+            env["GIT_SSH_COMMAND"] = shlex.join(command)
+        yield env
+
+
+def _private_file(path: Path, text: str) -> Path:
+    """`text` in a file created with mode 0600, so it is never readable by others, not even for a moment."""
+    path.touch(mode=0o600)
+    path.write_text(text)
+    return path
 
 
 def _check_out(repository: str, branch: str, tree: Path, env: Mapping[str, str], timeout: float) -> None:

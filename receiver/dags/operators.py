@@ -5,10 +5,10 @@ an Airflow Connection, renders the run's `Airflow-*` trailers into the message,
 returns the push result as its XCom (what `WaitForDeploySensor` waits on), and
 optionally pokes a Flux Receiver so that Flux does not wait for its interval.
 
-Connection (`git_conn_id`, any connection type): `host` is the repository URL
-(unless `repository` is given); `login` + `password` are the HTTPS user and
-token; extra `private_key` (+ `known_hosts`) is an SSH key; extra `author_name`
-/ `author_email` set the commit author.
+Connection (`git_conn_id`, any connection type): `host` is the repository URL,
+without credentials (unless `repository` is given); `login` + `password` are the
+HTTPS user and token; extra `private_key` (+ `known_hosts`) is an SSH key; extra
+`author_name` / `author_email` set the commit author.
 
 This module imports Airflow; `receiver.dags` loads it only when one of its names is used.
 """
@@ -95,8 +95,9 @@ class GitCommitOperator(BaseOperator):  # type: ignore[misc]  # Airflow is not i
 
     The XCom is `{"revision": "main@sha1:<sha>", "commit": sha, "committed": bool,
     "repository": url, "branch": ...}`. When the change changes nothing, nothing is committed
-    (`committed: false`, `commit` is the branch tip) and `WaitForDeploySensor` succeeds at once;
-    unless an earlier try of this task pushed it, then that commit is returned as committed.
+    (`committed: false`, `commit` is the branch tip) and `WaitForDeploySensor` does what its
+    `when_unchanged` says; unless an earlier try of this task since the run's last clear pushed
+    it, then that commit is returned as committed.
     Arguments are those of `push_change`; `message`, `repository`, `branch`, `mark`,
     `instance`, the connection ids and the fields of the ready-made changes are templated.
     """

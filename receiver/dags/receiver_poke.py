@@ -11,12 +11,17 @@ The request follows the Receiver contract: any method on the Receiver's
 body keyed with the Receiver's token; the body itself only matters to CEL
 filters, so it is a small JSON object naming the run and the revision.
 Standard library only (`urllib`), as it runs on Airflow workers.
+
+Logs, errors and `repr` name the Receiver by scheme://host[:port] only: for a
+`generic` Receiver the `/hook/<digest>` path is the secret (anyone who knows it
+can make Flux reconcile), and user info in the URL would be a credential.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import urllib.error
@@ -33,14 +38,24 @@ log = logging.getLogger(__name__)
 class FluxReceiver:
     """A Flux Receiver webhook: its full URL and its token (the Secret's `token` key, used as is)."""
 
-    url: str
+    url: str = field(repr=False)
     token: str = field(repr=False)
 
     def __post_init__(self) -> None:
-        if urlsplit(self.url).scheme not in ("http", "https"):
-            raise ValueError(f"Flux Receiver URL {self.url!r} must start with http:// or https://")
+        scheme = urlsplit(self.url).scheme
+        if scheme not in ("http", "https"):
+            raise ValueError(f"the Flux Receiver URL must start with http:// or https://, not {scheme!r}")
         if not self.token:
             raise ValueError("the Flux Receiver token is empty")
+
+    def __repr__(self) -> str:
+        return f"FluxReceiver({self.origin})"
+
+    @property
+    def origin(self) -> str:
+        """scheme://host[:port] of the Receiver: what may be shown of its URL."""
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
     @classmethod
     def from_connection(cls, connection: Any) -> FluxReceiver:
@@ -65,20 +80,16 @@ class FluxReceiver:
             with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - as above
                 status = response.status
         except urllib.error.HTTPError as error:
-            log.warning(
-                "Flux Receiver %s answered %d %s; Flux will reconcile at its next interval instead",
-                self.url,
-                error.code,
-                error.reason,
-            )
-            return False
-        except (urllib.error.URLError, OSError, ValueError) as error:  # ValueError: a malformed URL
-            reason = getattr(error, "reason", error)
-            log.warning(
-                "Flux Receiver %s not reachable (%s); Flux will reconcile at its next interval instead",
-                self.url,
-                reason,
-            )
-            return False
-        log.info("asked Flux to reconcile now via Receiver %s (%d)", self.url, status)
-        return True
+            problem = f"answered {error.code} {error.reason}"
+        except (urllib.error.URLError, OSError) as error:
+            problem = f"not reachable ({getattr(error, 'reason', error)})"
+        except (ValueError, http.client.HTTPException) as error:
+            # A malformed URL (`InvalidURL` quotes the whole URL, so only its type is shown) or answer.
+            problem = f"not usable ({type(error).__name__})"
+        else:
+            log.info("asked Flux to reconcile now via the Receiver at %s (%d)", self.origin, status)
+            return True
+        log.warning(
+            "Flux Receiver at %s %s; Flux will reconcile at its next interval instead", self.origin, problem
+        )
+        return False

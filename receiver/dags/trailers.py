@@ -6,9 +6,17 @@ parser and renderer), so the DAG side cannot write a block that the service
 reads differently: `read_airflow_trailers(add_airflow_trailers(m, ctx, ...))`
 gives back exactly the claim that was rendered.
 
-Only the running task instance is read from the context (`context["ti"]`: its
-`dag_id`, `run_id` and `map_index`), which keeps these functions usable from any
-operator or `@task` and testable without Airflow.
+Only the running task instance (`context["ti"]`: its `dag_id`, `run_id` and
+`map_index`) and its run's clear number (`context["dag_run"].clear_number`) are read
+from the context, which keeps these functions usable from any operator or `@task`
+and testable without Airflow.
+
+`add_airflow_trailers` also writes `Fluxback-Clear-Number: N` once the run has been
+cleared (Airflow counts every clear of a run's tasks; retries do not count). Not an
+`Airflow-*` key, so the service ignores it; it makes the message of a try after a
+clear differ from every message before it, and `commit_and_push` reuses an earlier
+commit only when the message is the same, so an earlier try's push is reused only
+within one clear of the run, never a deploy of days ago.
 """
 
 from __future__ import annotations
@@ -18,12 +26,16 @@ from typing import Any, Literal
 
 from receiver.trailers import (
     AirflowClaim,
+    Trailer,
     append_trailers,
     claim_from_trailers,
     claim_trailers,
     format_trailers,
     parse_trailers,
 )
+
+CLEAR_NUMBER = "Fluxback-Clear-Number"
+"""How often the run had been cleared when the commit was made; written only after a clear."""
 
 MapIndex = int | None | Literal["same"]
 """`"same"`: the running task's own map index (none when it is not mapped); an int: that index;
@@ -94,10 +106,15 @@ def add_airflow_trailers(
 ) -> str:
     """`message` with the running task's trailers added to its trailer block (or as a new one).
 
-    Arguments as `airflow_claim`.
+    Arguments as `airflow_claim`. After a clear of the run, `Fluxback-Clear-Number` follows
+    the `Airflow-*` trailers (see the module's docstring).
     """
     claim = airflow_claim(context, mark=mark, map_index=map_index, instance=instance)
-    return append_trailers(message, claim_trailers(claim))
+    trailers = claim_trailers(claim)
+    clears = getattr(context.get("dag_run"), "clear_number", None) or 0
+    if clears:
+        trailers.append(Trailer(CLEAR_NUMBER, str(clears)))
+    return append_trailers(message, trailers)
 
 
 def read_airflow_trailers(message: str) -> AirflowClaim | None:

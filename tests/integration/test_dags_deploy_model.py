@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from receiver.dags import read_airflow_trailers
-from receiver.trailers import AirflowClaim
+from receiver.trailers import AirflowClaim, Trailer, parse_trailers
 from tests.gitops import GitOpsRepo, git
 from tests.integration.airflow_harness import AirflowServer
 from tests.integration.fluxback_service import FluxbackService, fluxback_config
@@ -47,6 +47,7 @@ spec:
       tag: "v1.0.0"  # set by the deploy_model DAG
 """
 RECEIVER_TOKEN = "flux-receiver-token"
+RECEIVER_DIGEST = "0123abcd4567ef"  # for a `generic` Receiver the path is the secret: never logged
 DEADLINE_MESSAGE = "Flux never reported revision"
 
 
@@ -123,8 +124,18 @@ async def flux_receiver() -> AsyncIterator[tuple[str, list[tuple[dict[str, str],
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook/0123abcd", received
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook/{RECEIVER_DIGEST}", received
     await runner.cleanup()
+
+
+@pytest.fixture
+def receiver_conn_id(
+    examples: AirflowServer, flux_receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
+) -> Iterator[str]:
+    """An Airflow Connection to the loopback Flux Receiver, deleted afterwards (Airflow is session-wide)."""
+    conn_id = f"receiver_{uuid.uuid4().hex[:8]}"
+    yield create_connection(examples, conn_id, host=flux_receiver[0], password=RECEIVER_TOKEN)
+    examples.api("DELETE", f"/connections/{conn_id}", expect=(204,))
 
 
 def create_connection(airflow: AirflowServer, conn_id: str, **fields: Any) -> str:
@@ -172,6 +183,23 @@ def explain(airflow: AirflowServer, run_id: str, dag_id: str = DEPLOY) -> str:
     return "\n".join([json.dumps(states), *logs])
 
 
+async def consumer_reports(airflow: AirflowServer, revision: str) -> list[dict[str, Any]]:
+    """What the successful runs of the asset consumer reported, once one of them reports `revision`."""
+
+    def reported() -> tuple[bool, list[dict[str, Any]]]:
+        reports = []
+        for run in airflow.dag_runs(CONSUMER):
+            if run["state"] == "success":
+                reports += airflow.api(
+                    "GET",
+                    f"/dags/{CONSUMER}/dagRuns/{run['dag_run_id']}/taskInstances/report_deploys/xcomEntries/return_value",
+                    params={"deserialize": "true"},
+                )["value"]
+        return any(r["revision"] == revision for r in reports), reports
+
+    return await airflow.wait_until(reported, 60, f"a model_deployed run reporting {revision}")
+
+
 def message(gitops: GitOpsRepo, sha: str) -> str:
     return git("log", "-1", "--format=%B", sha, cwd=gitops.remote)
 
@@ -186,11 +214,9 @@ async def test_a_reported_deploy_lets_the_run_finish_and_feeds_the_downstream_da
     git_conn_id: str,
     fluxback: FluxbackService,
     flux_receiver: tuple[str, list[tuple[dict[str, str], bytes]]],
+    receiver_conn_id: str,
 ) -> None:
-    receiver_url, pokes = flux_receiver
-    receiver_conn_id = create_connection(
-        examples, f"receiver_{uuid.uuid4().hex[:8]}", host=receiver_url, password=RECEIVER_TOKEN
-    )
+    _, pokes = flux_receiver
     run_id = start_deploy(
         examples, model_version="1.1.0", git_conn_id=git_conn_id, flux_receiver_conn_id=receiver_conn_id
     )
@@ -208,7 +234,10 @@ async def test_a_reported_deploy_lets_the_run_finish_and_feeds_the_downstream_da
     assert git("rev-parse", "main", cwd=gitops.remote) == sha
     assert file_at(gitops, sha) == RELEASE.replace('"v1.0.0"', '"v1.1.0"')
     assert read_airflow_trailers(message(gitops, sha)) == AirflowClaim(DEPLOY, run_id, (WAIT,))
-    assert f"pushed {sha}" in task_log(examples, run_id, "commit")
+    commit_log = task_log(examples, run_id, "commit")
+    assert f"pushed {sha}" in commit_log
+    assert "Receiver at http://127.0.0.1:" in commit_log
+    assert RECEIVER_DIGEST not in commit_log
     [(headers, body)] = pokes
     assert (
         headers["X-Signature"]
@@ -228,7 +257,9 @@ async def test_a_reported_deploy_lets_the_run_finish_and_feeds_the_downstream_da
     assert await finished(examples, run_id) == "success", explain(examples, run_id)
     states = examples.task_states(DEPLOY, run_id)
     assert (states["smoke_test"], states["rollback"]) == ("success", "skipped")
-    authoring = [{"dag_id": DEPLOY, "run_id": run_id, "instance": "default", "commit": sha}]
+    authoring = [
+        {"dag_id": DEPLOY, "run_id": run_id, "instance": "default", "commit": sha, "change": "deploy"}
+    ]
 
     trigger = next(a for a in delivery["actions"] if a["kind"] == "trigger_dag")
     post_run_id = trigger["target"]["dag_run_id"]
@@ -238,22 +269,11 @@ async def test_a_reported_deploy_lets_the_run_finish_and_feeds_the_downstream_da
         "authoring_runs": authoring,
     }
 
-    def consumer_reported() -> tuple[bool, list[Any]]:
-        reports = []
-        for run in examples.dag_runs(CONSUMER):
-            if run["state"] == "success":
-                reports += examples.api(
-                    "GET",
-                    f"/dags/{CONSUMER}/dagRuns/{run['dag_run_id']}/taskInstances/report_deploys/xcomEntries/return_value",
-                    params={"deserialize": "true"},
-                )["value"]
-        return any(r["revision"] == push["revision"] for r in reports), reports
-
-    reports = await examples.wait_until(consumer_reported, 60, "the model_deployed run")
+    reports = await consumer_reports(examples, push["revision"])
     assert {"revision": push["revision"], "authoring_runs": authoring} in reports
 
 
-async def test_a_failed_deploy_takes_the_rollback_branch(
+async def test_a_failed_deploy_is_rolled_back_and_the_rollback_is_seen_as_one(
     examples: AirflowServer, gitops: GitOpsRepo, git_conn_id: str, fluxback: FluxbackService
 ) -> None:
     run_id = start_deploy(examples, model_version="2.0.0-broken", git_conn_id=git_conn_id)
@@ -282,7 +302,31 @@ async def test_a_failed_deploy_takes_the_rollback_branch(
     assert git("rev-parse", "main~1", cwd=gitops.remote) == push["commit"]
     assert git("rev-parse", "main", cwd=gitops.remote) == rolled_back["commit"]
     assert file_at(gitops, "main") == RELEASE
-    assert read_airflow_trailers(message(gitops, rolled_back["commit"])) == AirflowClaim(DEPLOY, run_id)
+    assert rolled_back["reverts"] == push["commit"]
+    rollback_message = message(gitops, rolled_back["commit"])
+    assert read_airflow_trailers(rollback_message) == AirflowClaim(DEPLOY, run_id)
+    assert Trailer("Fluxback-Change", "rollback") in parse_trailers(rollback_message)
+
+    # The revert goes live: the success rule and the asset fire as for a deploy; both DAGs can tell.
+    delivery = await fluxback.wait_delivery(
+        await fluxback.report(rolled_back["commit"], name=OBJECT, metadata={"cluster": CLUSTER})
+    )
+    trigger = next(a for a in delivery["actions"] if a["kind"] == "trigger_dag")
+    post_run_id = trigger["target"]["dag_run_id"]
+    assert await examples.wait_for_run_state(POST_DEPLOY, post_run_id, within=60) == "success"
+    changes = {
+        run["commit"]: run["change"]
+        for run in examples.xcom(POST_DEPLOY, post_run_id, "warm_up")["authoring_runs"]
+    }
+    assert changes[rolled_back["commit"]] == "rollback"
+    assert "ROLLBACK" in task_log(examples, post_run_id, "warm_up", POST_DEPLOY)
+    rollback_revision = f"main@sha1:{rolled_back['commit']}"
+    [consumed] = [
+        r for r in await consumer_reports(examples, rollback_revision) if r["revision"] == rollback_revision
+    ]
+    assert {run["commit"]: run["change"] for run in consumed["authoring_runs"]}[
+        rolled_back["commit"]
+    ] == "rollback"
 
 
 async def test_a_deploy_never_reported_fails_at_the_deadline_saying_where_to_look(
@@ -315,7 +359,9 @@ async def test_nothing_to_commit_means_nothing_to_wait_for(
     assert git("rev-parse", "main", cwd=gitops.remote) == tip
     states = examples.task_states(DEPLOY, run_id)
     assert (states[WAIT], states["smoke_test"], states["rollback"]) == ("success", "success", "skipped")
-    assert "nothing to wait for" in task_log(examples, run_id, WAIT)
+    log = task_log(examples, run_id, WAIT)
+    assert "nothing to wait for" in log
+    assert "That means git has it, not that Flux applied it" in log
 
 
 async def test_a_push_rejected_by_a_concurrent_push_is_retried_on_the_new_tip(

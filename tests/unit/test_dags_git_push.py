@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import re
 import stat
 import subprocess
+import tempfile
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,9 +27,11 @@ from receiver.dags import (
     RevertCommit,
     WorkTree,
     YamlValue,
+    add_airflow_trailers,
     commit_and_push,
 )
-from receiver.dags.git_push import _git_environment
+from receiver.dags.git_push import _git_environment, _refuse_credentials_in
+from tests.unit.test_git import ProcessWatch
 
 SEED_IDENTITY = {
     "GIT_AUTHOR_NAME": "Seed",
@@ -134,6 +138,24 @@ def test_a_retried_task_finds_the_commit_its_earlier_try_pushed(tmp_path: Path) 
     assert (retry.committed, retry.commit) == (True, first.commit)
     assert other_run.committed is False
     assert git(remote, "rev-list", "--count", "main") == "3"
+
+
+def test_after_a_clear_the_commit_from_before_it_is_not_taken_for_its_own(tmp_path: Path) -> None:
+    """A cleared finished run must not wait again for a deploy Flux reported long ago."""
+    remote = make_remote(tmp_path)
+    change = YamlValue(RELEASE, "spec.values.image.tag", "7.0.0")
+    ti = SimpleNamespace(dag_id="deploy_model", run_id="manual__7", map_index=-1)
+
+    def message(clear_number: int) -> str:
+        run = SimpleNamespace(clear_number=clear_number)
+        return add_airflow_trailers("Deploy 7.0.0", {"ti": ti, "dag_run": run}, mark="wait_for_deploy")
+
+    deployed = commit_and_push(str(remote), change=change, message=message(0))
+    retried = commit_and_push(str(remote), change=change, message=message(0))
+    cleared = commit_and_push(str(remote), change=change, message=message(1))
+
+    assert (retried.committed, retried.commit) == (True, deployed.commit)
+    assert (cleared.committed, cleared.commit) == (False, deployed.commit)
 
 
 def test_a_push_rejected_by_a_concurrent_push_is_retried_on_the_new_tip(tmp_path: Path) -> None:
@@ -287,9 +309,33 @@ def test_changes_cannot_write_outside_the_work_tree(tmp_path: Path) -> None:
         commit_and_push(str(remote), change=YamlValue("../../etc/x.yaml", "a", 1), message="Escape")
 
 
-def test_a_password_in_the_url_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="Airflow Connection"):
-        commit_and_push("https://bot:s3cret@git.example.com/fleet.git", change=[], message="x")
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://bot:s3cret@git.example.com/fleet.git",
+        "https://s3cret@git.example.com/fleet.git",  # a token as the user name, as GitHub accepts it
+        "http://:s3cret@git.example.com/fleet.git",
+        "ssh://git:s3cret@git.example.com/fleet.git",
+    ],
+)
+def test_a_url_with_credentials_is_refused_without_repeating_them(url: str) -> None:
+    with pytest.raises(ValueError, match="Airflow Connection") as raised:
+        commit_and_push(url, change=[], message="x")
+
+    assert "s3cret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ssh://git@git.example.com/fleet.git",
+        "git@git.example.com:fleet.git",
+        "https://git.example.com/fleet.git",
+        "file:///srv/fleet.git",
+    ],
+)
+def test_an_ssh_user_name_is_not_a_credential(url: str) -> None:
+    _refuse_credentials_in(url)
 
 
 def test_credentials_from_an_airflow_connection() -> None:
@@ -332,6 +378,7 @@ async def https_remote(tmp_path: Path) -> AsyncIterator[str]:
         if request.headers.get("Authorization") != expected:
             return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="git"'})
         body = await request.read()
+        await asyncio.sleep(0.05)  # long enough for the process scan to see git's HTTP helper
         env = {
             "PATH": os.environ["PATH"],
             "GIT_PROJECT_ROOT": str(tmp_path),
@@ -369,24 +416,52 @@ async def https_remote(tmp_path: Path) -> AsyncIterator[str]:
     await runner.cleanup()
 
 
-async def test_https_credentials_reach_git_through_the_environment_only(
-    https_remote: str, tmp_path: Path
+async def test_the_https_token_reaches_git_only_through_a_private_file(
+    https_remote: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
-    workdir = tmp_path / "work"
+    """Not in any process's argv or environment, not in a log, not in `.git`, not kept by a helper.
 
-    result = await asyncio.to_thread(
-        commit_and_push,
-        https_remote,
-        change=YamlValue(RELEASE, "spec.values.image.tag", "1.5.0"),
-        message="Deploy 1.5.0",
-        auth=GitAuth(username="bot", password=TOKEN),
-        workdir=workdir,
-    )
+    The worker's git config has `store` helpers, one for any host and one for exactly this
+    remote's scheme://host:port: neither may be asked to save the token.
+    """
+    workdir = tmp_path / "work"
+    secrets_parent = tmp_path / "tmp"
+    secrets_parent.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(secrets_parent))
+    origin = https_remote.rsplit("/", 1)[0]
+    stores = tmp_path / "store-any", tmp_path / "store-this-host"
+    worker_config = tmp_path / "gitconfig"
+    git(tmp_path, "config", "--file", str(worker_config), "credential.helper", f"store --file={stores[0]}")
+    git(tmp_path, "config", "--file", str(worker_config), f"credential.{origin}.helper",
+        f"store --file={stores[1]}")  # fmt: skip
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(worker_config))
+    caplog.set_level(logging.DEBUG)
+
+    with ProcessWatch(TOKEN) as watch:
+        result = await asyncio.to_thread(
+            commit_and_push,
+            https_remote,
+            change=YamlValue(RELEASE, "spec.values.image.tag", "1.5.0"),
+            message="Deploy 1.5.0",
+            auth=GitAuth(username="bot", password=TOKEN),
+            workdir=workdir,
+        )
 
     assert result.committed is True
     assert git(tmp_path / "remote.git", "rev-parse", "main") == result.commit
+    assert watch.seen_git_http, "the process scan did not run while git talked HTTP"
+    assert watch.leaks == []
+    assert not any(store.exists() for store in stores)
+    assert list(secrets_parent.iterdir()) == [], "the password file outlives the push"
     stored = "".join(p.read_text(errors="replace") for p in (workdir / ".git").glob("*") if p.is_file())
     assert TOKEN not in stored
+    assert f"pushed {result.commit}" in caplog.text
+    output = capfd.readouterr()
+    assert TOKEN not in caplog.text + output.out + output.err
 
 
 async def test_a_wrong_token_fails_without_showing_it(https_remote: str) -> None:

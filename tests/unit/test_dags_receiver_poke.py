@@ -48,12 +48,21 @@ async def flux() -> AsyncIterator[FakeFlux]:
     await runner.cleanup()
 
 
-async def test_the_poke_is_signed_as_a_generic_hmac_receiver_checks_it(flux: FakeFlux) -> None:
+DIGEST = HOOK.rsplit("/", 1)[1]
+"""For a `generic` Receiver the path is the secret: it must not reach logs or errors."""
+
+
+async def test_the_poke_is_signed_as_a_generic_hmac_receiver_checks_it(
+    flux: FakeFlux, caplog: pytest.LogCaptureFixture
+) -> None:
     receiver = FluxReceiver(flux.url, TOKEN)
 
-    ok = await asyncio.to_thread(receiver.poke, {"revision": "main@sha1:abc", "dag_id": "deploy_model"})
+    with caplog.at_level(logging.INFO, logger="receiver.dags.receiver_poke"):
+        ok = await asyncio.to_thread(receiver.poke, {"revision": "main@sha1:abc", "dag_id": "deploy_model"})
 
     assert ok is True
+    assert f"Receiver at {flux.url.split('/hook')[0]} (200)" in caplog.text
+    assert DIGEST not in caplog.text
     [(path, headers, body)] = flux.requests
     assert path == HOOK
     expected = hmac.new(TOKEN.encode(), body, hashlib.sha256).hexdigest()
@@ -71,16 +80,37 @@ async def test_a_refused_poke_only_warns(flux: FakeFlux, caplog: pytest.LogCaptu
     assert ok is False
     assert "answered 503" in caplog.text
     assert "next interval" in caplog.text
+    assert DIGEST not in caplog.text
 
 
 def test_an_unreachable_receiver_only_warns(caplog: pytest.LogCaptureFixture) -> None:
-    receiver = FluxReceiver("http://127.0.0.1:9/hook/x", TOKEN)  # the discard port: nothing listens
+    receiver = FluxReceiver(f"http://127.0.0.1:9{HOOK}", TOKEN)  # the discard port: nothing listens
 
     with caplog.at_level(logging.WARNING, logger="receiver.dags.receiver_poke"):
         assert receiver.poke(timeout=2) is False
 
-    assert "not reachable" in caplog.text
+    assert "http://127.0.0.1:9 not reachable" in caplog.text
     assert TOKEN not in caplog.text
+    assert DIGEST not in caplog.text
+
+
+def test_a_malformed_url_only_warns_without_showing_it(caplog: pytest.LogCaptureFixture) -> None:
+    receiver = FluxReceiver(f"http://flux.example.com{HOOK} x", TOKEN)  # a space: http.client refuses it
+
+    with caplog.at_level(logging.WARNING, logger="receiver.dags.receiver_poke"):
+        assert receiver.poke(timeout=2) is False
+
+    assert "http://flux.example.com not usable (InvalidURL)" in caplog.text
+    assert DIGEST not in caplog.text
+
+
+def test_repr_and_errors_show_the_host_only() -> None:
+    receiver = FluxReceiver(f"https://user:pw@flux.example.com:9292{HOOK}", TOKEN)
+
+    assert repr(receiver) == "FluxReceiver(https://flux.example.com:9292)"
+    with pytest.raises(ValueError, match="http") as raised:
+        FluxReceiver(f"ftp://flux.example.com{HOOK}", TOKEN)
+    assert DIGEST not in str(raised.value)
 
 
 def test_from_a_connection() -> None:

@@ -17,9 +17,14 @@ from receiver.trailers import AirflowClaim, ClaimInvalid, claim_from_trailers, p
 RUN_ID = "manual__2026-11-25T08:00:00+00:00"
 
 
-def context(map_index: int = -1, dag_id: str = "deploy_model", run_id: str = RUN_ID) -> dict[str, Any]:
-    """What a task's context holds that the trailers use: the running task instance."""
-    return {"ti": SimpleNamespace(dag_id=dag_id, run_id=run_id, task_id="commit", map_index=map_index)}
+def context(
+    map_index: int = -1, dag_id: str = "deploy_model", run_id: str = RUN_ID, clear_number: int = 0
+) -> dict[str, Any]:
+    """What a task's context holds that the trailers use: the running task instance and its run."""
+    return {
+        "ti": SimpleNamespace(dag_id=dag_id, run_id=run_id, task_id="commit", map_index=map_index),
+        "dag_run": SimpleNamespace(dag_id=dag_id, run_id=run_id, clear_number=clear_number),
+    }
 
 
 def test_the_block_names_the_run_and_the_task_to_mark() -> None:
@@ -63,6 +68,19 @@ def test_trailers_join_an_existing_trailer_block() -> None:
         "Deploy\n\nSigned-off-by: Bot <bot@example.com>\n"
         f"Airflow-Dag-Id: deploy_model\nAirflow-Run-Id: {RUN_ID}\nAirflow-Task-Id: w\n"
     )
+
+
+def test_after_a_clear_the_message_says_how_often_the_run_was_cleared() -> None:
+    """So that a try after a clear cannot take a commit from before it for its own (see commit_and_push)."""
+    first = add_airflow_trailers("Deploy", context(), mark="wait")
+    retried = add_airflow_trailers("Deploy", context(), mark="wait")
+    cleared = add_airflow_trailers("Deploy", context(clear_number=2), mark="wait")
+
+    assert first == retried
+    assert "Fluxback" not in first
+    assert cleared == first + "Fluxback-Clear-Number: 2\n"
+    assert read_airflow_trailers(cleared) == read_airflow_trailers(first)
+    assert add_airflow_trailers("Deploy", {"ti": context()["ti"]}, mark="wait") == first  # no dag_run
 
 
 def test_git_reads_the_same_trailers(tmp_path: Path) -> None:
