@@ -156,40 +156,29 @@ class Actor:
         """Run `perform` unless the key is done; `perform(retrying)` is told when an earlier
         attempt got as far as starting, so it can check before repeating itself."""
         async with self._lock(key):
-            return await self._once_locked(delivery_id, key, kind, target, perform, received_at)
-
-    async def _once_locked(
-        self,
-        delivery_id: int,
-        key: str,
-        kind: str,
-        target: Mapping[str, Any],
-        perform: Callable[[bool], Awaitable[Performed]],
-        received_at: float,
-    ) -> Performed:
-        record, created = await self._journal.begin_action(delivery_id, key, kind, target)
-        if not created and record.state in DONE_STATES:
-            result = Performed(
-                state=ActionState.ALREADY,
-                text=f"already done by delivery {record.delivery_id}: {record.result}",
-            )
-            await self._journal.add_decision(delivery_id, result.text, action=key)
+            record, created = await self._journal.begin_action(delivery_id, key, kind, target)
+            if not created and record.state in DONE_STATES:
+                result = Performed(
+                    state=ActionState.ALREADY,
+                    text=f"already done by delivery {record.delivery_id}: {record.result}",
+                )
+                await self._journal.add_decision(delivery_id, result.text, action=key)
+                return result
+            try:
+                result = await perform(not created)
+            except TemporaryAirflowError as error:
+                await self._journal.finish_action(key, ActionState.TEMPORARY_ERROR, error.reason)
+                self._metrics.actions.labels(kind=kind, outcome="temporary_error").inc()
+                raise
+            except AirflowError as error:
+                result = Performed(state=ActionState.PERMANENT_ERROR, text=error.reason)
+            await self._journal.finish_action(key, result.state, result.text)
+            await self._journal.add_decision(delivery_id, result.text, action=key, state=result.state.value)
+            self._metrics.actions.labels(kind=kind, outcome=result.state.value).inc()
+            if result.state is ActionState.DONE:
+                self._metrics.event_to_action.observe(max(0.0, time.time() - received_at))
+            log.info("action", action=key, kind=kind, state=result.state.value, result=result.text)
             return result
-        try:
-            result = await perform(not created)
-        except TemporaryAirflowError as error:
-            await self._journal.finish_action(key, ActionState.TEMPORARY_ERROR, error.reason)
-            self._metrics.actions.labels(kind=kind, outcome="temporary_error").inc()
-            raise
-        except AirflowError as error:
-            result = Performed(state=ActionState.PERMANENT_ERROR, text=error.reason)
-        await self._journal.finish_action(key, result.state, result.text)
-        await self._journal.add_decision(delivery_id, result.text, action=key, state=result.state.value)
-        self._metrics.actions.labels(kind=kind, outcome=result.state.value).inc()
-        if result.state is ActionState.DONE:
-            self._metrics.event_to_action.observe(max(0.0, time.time() - received_at))
-        log.info("action", action=key, kind=kind, state=result.state.value, result=result.text)
-        return result
 
 
 async def _mark_one(
