@@ -22,7 +22,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -365,6 +366,17 @@ class AirflowServer:
             )
         for dag_id in dag_ids if unpause else ():
             self.unpause(dag_id)
+
+    @contextlib.contextmanager
+    def connection(self, prefix: str, **fields: Any) -> Iterator[str]:
+        """A generic Airflow Connection with a fresh id, deleted afterwards (Airflow is session-wide)."""
+        conn_id = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        body = {"connection_id": conn_id, "conn_type": "generic", **fields}
+        self.api("POST", "/connections", body, expect=(201,))
+        try:
+            yield conn_id
+        finally:
+            self.api("DELETE", f"/connections/{conn_id}", expect=(204,))
 
     def unpause(self, dag_id: str) -> None:
         self.api("PATCH", f"/dags/{_seg(dag_id)}", {"is_paused": False})

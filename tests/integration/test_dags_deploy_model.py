@@ -68,9 +68,8 @@ def gitops(tmp_path: Path) -> GitOpsRepo:
 @pytest.fixture
 def git_conn_id(examples: AirflowServer, gitops: GitOpsRepo) -> Iterator[str]:
     """An Airflow Connection to the test's GitOps repository (file:// needs no credentials)."""
-    conn_id = f"gitops_{uuid.uuid4().hex[:8]}"
-    yield create_connection(examples, conn_id, host=gitops.url)
-    examples.api("DELETE", f"/connections/{conn_id}", expect=(204,))
+    with examples.connection("gitops", host=gitops.url) as conn_id:
+        yield conn_id
 
 
 @pytest.fixture
@@ -133,16 +132,8 @@ def receiver_conn_id(
     examples: AirflowServer, flux_receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
 ) -> Iterator[str]:
     """An Airflow Connection to the loopback Flux Receiver, deleted afterwards (Airflow is session-wide)."""
-    conn_id = f"receiver_{uuid.uuid4().hex[:8]}"
-    yield create_connection(examples, conn_id, host=flux_receiver[0], password=RECEIVER_TOKEN)
-    examples.api("DELETE", f"/connections/{conn_id}", expect=(204,))
-
-
-def create_connection(airflow: AirflowServer, conn_id: str, **fields: Any) -> str:
-    airflow.api(
-        "POST", "/connections", {"connection_id": conn_id, "conn_type": "generic", **fields}, expect=(201,)
-    )
-    return conn_id
+    with examples.connection("receiver", host=flux_receiver[0], password=RECEIVER_TOKEN) as conn_id:
+        yield conn_id
 
 
 def start_deploy(airflow: AirflowServer, **conf: Any) -> str:

@@ -19,7 +19,7 @@ from receiver.trailers import AirflowClaim
 from tests.gitops import GitOpsRepo, git
 from tests.integration.airflow_harness import AirflowServer
 from tests.integration.fluxback_service import FluxbackService, fluxback_config
-from tests.integration.test_dags_deploy_model import create_connection, message
+from tests.integration.test_dags_deploy_model import message
 
 pytestmark = pytest.mark.integration
 
@@ -45,9 +45,8 @@ def gitops(tmp_path: Path) -> GitOpsRepo:
 
 @pytest.fixture
 def git_conn_id(mapped: AirflowServer, gitops: GitOpsRepo) -> Iterator[str]:
-    conn_id = f"gitops_{uuid.uuid4().hex[:8]}"
-    yield create_connection(mapped, conn_id, host=gitops.url)
-    mapped.api("DELETE", f"/connections/{conn_id}", expect=(204,))
+    with mapped.connection("gitops", host=gitops.url) as conn_id:
+        yield conn_id
 
 
 @pytest.fixture
