@@ -158,6 +158,20 @@ def task_log(airflow: AirflowServer, run_id: str, task_id: str, dag_id: str = DE
     return json.dumps(airflow.api("GET", path, params={"full_content": "true"}))
 
 
+async def logged(airflow: AirflowServer, run_id: str, task_id: str, text: str, dag_id: str = DEPLOY) -> str:
+    """The task's log once `text` is in it (or after 30 s): a run can be finished in Airflow's
+    database a moment before its task's last log lines are written."""
+
+    def check() -> tuple[bool, str]:
+        log = task_log(airflow, run_id, task_id, dag_id)
+        return text in log, log
+
+    try:
+        return await airflow.wait_until(check, 30, f"{text!r} in the log of {task_id}")
+    except AssertionError:
+        return task_log(airflow, run_id, task_id, dag_id)  # the caller's assertion shows it
+
+
 async def finished(airflow: AirflowServer, run_id: str, dag_id: str = DEPLOY) -> str:
     """The run's final state; when it is not what a test expects, `explain` says why."""
     return await airflow.wait_for_run_state(dag_id, run_id, within=120)
@@ -225,7 +239,7 @@ async def test_a_reported_deploy_lets_the_run_finish_and_feeds_the_downstream_da
     assert git("rev-parse", "main", cwd=gitops.remote) == sha
     assert file_at(gitops, sha) == RELEASE.replace('"v1.0.0"', '"v1.1.0"')
     assert read_airflow_trailers(message(gitops, sha)) == AirflowClaim(DEPLOY, run_id, (WAIT,))
-    commit_log = task_log(examples, run_id, "commit")
+    commit_log = await logged(examples, run_id, "commit", f"pushed {sha}")
     assert f"pushed {sha}" in commit_log
     assert "Receiver at http://127.0.0.1:" in commit_log
     assert RECEIVER_DIGEST not in commit_log
@@ -310,7 +324,7 @@ async def test_a_failed_deploy_is_rolled_back_and_the_rollback_is_seen_as_one(
         for run in examples.xcom(POST_DEPLOY, post_run_id, "warm_up")["authoring_runs"]
     }
     assert changes[rolled_back["commit"]] == "rollback"
-    assert "ROLLBACK" in task_log(examples, post_run_id, "warm_up", POST_DEPLOY)
+    assert "ROLLBACK" in await logged(examples, post_run_id, "warm_up", "ROLLBACK", POST_DEPLOY)
     rollback_revision = f"main@sha1:{rolled_back['commit']}"
     [consumed] = [
         r for r in await consumer_reports(examples, rollback_revision) if r["revision"] == rollback_revision
@@ -330,7 +344,7 @@ async def test_a_deploy_never_reported_fails_at_the_deadline_saying_where_to_loo
 
     states = examples.task_states(DEPLOY, run_id)
     assert (states[WAIT], states["rollback"]) == ("failed", "success")
-    log = task_log(examples, run_id, WAIT)
+    log = await logged(examples, run_id, WAIT, DEADLINE_MESSAGE)
     assert DEADLINE_MESSAGE in log
     assert push["revision"] in log
     assert f"fluxback deliveries --revision {push['commit']}" in log
@@ -350,7 +364,7 @@ async def test_nothing_to_commit_means_nothing_to_wait_for(
     assert git("rev-parse", "main", cwd=gitops.remote) == tip
     states = examples.task_states(DEPLOY, run_id)
     assert (states[WAIT], states["smoke_test"], states["rollback"]) == ("success", "success", "skipped")
-    log = task_log(examples, run_id, WAIT)
+    log = await logged(examples, run_id, WAIT, "That means git has it, not that Flux applied it")
     assert "nothing to wait for" in log
     assert "That means git has it, not that Flux applied it" in log
 
@@ -370,6 +384,6 @@ async def test_a_push_rejected_by_a_concurrent_push_is_retried_on_the_new_tip(
     assert git("log", "-1", "--format=%s", "main~1", cwd=gitops.remote) == "Concurrent"
     assert git("show", "main:concurrent.txt", cwd=gitops.remote) == "pushed by another writer"
     assert file_at(gitops, "main") == RELEASE.replace('"v1.0.0"', '"v4.0.0"')
-    log = task_log(examples, run_id, "commit", RACE)
+    log = await logged(examples, run_id, "commit", f"pushed {push['commit']}", RACE)
     assert "rejected" in log and "applying the change again on the new tip" in log
     assert f"pushed {push['commit']}" in log and "(attempt 2)" in log
