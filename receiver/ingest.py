@@ -19,7 +19,8 @@ from aiohttp import web
 
 from receiver.auth import AuthMethod, CredentialsUnavailable, Unauthorized, WebhookAuth
 from receiver.config import WebhookConfig
-from receiver.events import EventInvalid, FluxEvent, classify, dedupe_key, event_commit, parse_event
+from receiver.events import EventInvalid, FluxEvent, parse_event
+from receiver.intake import new_delivery
 from receiver.journal import AppendResult, Journal, NewDelivery
 from receiver.metrics import IngestResult, Metrics
 from receiver.responses import json_error, unavailable
@@ -61,22 +62,13 @@ class EventIngest:
             body = await self._read_body(request)
             method = self._authenticate(request, body)
             event = self._parse(body, received_at)
-            outcome = classify(event)
-            obj = event.involved_object
-            delivery = NewDelivery(
+            delivery = new_delivery(
+                event,
                 body=body,
-                body_sha256=hashlib.sha256(body).hexdigest(),
+                identity=hashlib.sha256(body).hexdigest(),
                 received_at=received_at,
-                kind=obj.kind,
-                namespace=obj.namespace,
-                name=obj.name,
-                reason=event.reason,
-                severity=event.severity,
-                outcome=outcome.value,
-                revision=event.revision,
-                commit=event_commit(event),
-                dedupe_key=dedupe_key(event, outcome),
                 authenticated_by=method.value,
+                source="webhook",
             )
             result = await self._append(delivery)
         except _Refusal as refusal:

@@ -60,6 +60,7 @@ class NewDelivery:
 
     body: bytes
     body_sha256: str
+    """Identity of an exact repeat: the hash of the webhook body, or of the status it came from."""
     received_at: datetime
     kind: str
     namespace: str
@@ -73,6 +74,8 @@ class NewDelivery:
     dedupe_key: str | None
     """Same (object, revision, outcome) means the same key; None when there is nothing to act on."""
     authenticated_by: str
+    source: str = "webhook"
+    """`webhook` (a Flux notification) or `kubernetes` (a change of the object's status)."""
 
     @property
     def object_key(self) -> str:
@@ -144,6 +147,8 @@ class DeliverySummary:
     last_error: str | None
     retry_since: datetime
     """Receipt, or the last replay: the retry budget's age counts from here."""
+    source: str = "webhook"
+    """`webhook` or `kubernetes`: which source reported the deploy first."""
 
     @property
     def object_key(self) -> str:

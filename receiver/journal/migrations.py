@@ -110,4 +110,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE actions_kept RENAME TO actions",
         "CREATE INDEX actions_by_delivery ON actions (delivery_id)",
     ),
+    (
+        # Which source told Fluxback about the deploy: a Flux webhook or the Kubernetes status watch.
+        "ALTER TABLE deliveries ADD COLUMN source TEXT NOT NULL DEFAULT 'webhook'",
+    ),
 )

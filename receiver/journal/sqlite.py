@@ -43,7 +43,7 @@ T = TypeVar("T")
 _SUMMARY_COLUMNS = (
     "id, state, received_at, updated_at, kind, namespace, name, reason, severity, outcome, "
     "revision, commit_sha, attempts, next_attempt_at, duplicate_of, last_error,"
-    " COALESCE(retry_since, received_at)"
+    " COALESCE(retry_since, received_at), source"
 )
 
 
@@ -138,7 +138,8 @@ class SqliteJournal:
             cursor = db.execute(
                 "INSERT INTO deliveries (body, body_sha256, received_at, retry_since, updated_at, kind,"
                 " namespace, name, reason, severity, outcome, revision, commit_sha, dedupe_key,"
-                " duplicate_of, state, authenticated_by) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " duplicate_of, state, authenticated_by, source)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     delivery.body,
                     delivery.body_sha256,
@@ -157,6 +158,7 @@ class SqliteJournal:
                     original,
                     state.value,
                     delivery.authenticated_by,
+                    delivery.source,
                 ),
             )
             new_id = int(cursor.lastrowid or 0)
@@ -489,6 +491,7 @@ def _summary_fields(row: Sequence[Any]) -> dict[str, Any]:
         "duplicate_of": row[14],
         "last_error": row[15],
         "retry_since": _dt(row[16]),
+        "source": row[17],
     }
 
 
@@ -541,8 +544,8 @@ def _delivery(db: sqlite3.Connection, row: Sequence[Any]) -> Delivery:
     )
     return Delivery(
         **_summary_fields(row),
-        body=bytes(row[17]),
-        authenticated_by=row[18],
+        body=bytes(row[18]),
+        authenticated_by=row[19],
         decisions=decisions,
         correlations=correlations,
         actions=actions,
