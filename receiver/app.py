@@ -29,6 +29,7 @@ from receiver.ingest import EventIngest
 from receiver.journal import Journal, journal_from_url
 from receiver.metrics import Metrics
 from receiver.ops import Operations
+from receiver.readiness import ReadinessChecks
 from receiver.responses import json_error
 from receiver.secrets import FileSecret
 
@@ -36,8 +37,8 @@ log = structlog.get_logger("receiver.app")
 
 Background = AbstractAsyncContextManager[object]
 """A service that runs next to the HTTP server (the worker, the reconciler, retention)."""
-BackgroundFactory = Callable[[Config, Journal, Metrics], Sequence[Background]]
-"""Builds the background services from what `serve` opened."""
+BackgroundFactory = Callable[[Config, Journal, Metrics, ReadinessChecks], Sequence[Background]]
+"""Builds the background services from what `serve` opened; they may add readiness checks."""
 
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
 """How long in-flight requests may take to finish on SIGTERM; Kubernetes waits 30 s by default."""
@@ -95,12 +96,14 @@ def build_app(
     *,
     metrics: Metrics | None = None,
     background: Sequence[Background] = (),
+    readiness: ReadinessChecks | None = None,
 ) -> web.Application:
     """The Application for `config`, on an open `journal` (the caller opens and closes it).
 
     Args:
         metrics: shared with the background services; a fresh registry when None.
         background: started when the app starts, stopped (in reverse order) when it stops.
+        readiness: checks the background services added for `/readyz`.
     """
     metrics = metrics or Metrics()
     app = web.Application(
@@ -127,7 +130,13 @@ def build_app(
         journal,
         metrics,
     )
-    ops = Operations(config, journal, metrics, AdminAuth([FileSecret(p) for p in config.admin_tokens]))
+    ops = Operations(
+        config,
+        journal,
+        metrics,
+        AdminAuth([FileSecret(p) for p in config.admin_tokens]),
+        readiness or ReadinessChecks(),
+    )
     app.router.add_post("/flux/events", ingest.handle)
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/readyz", ops.readyz)
@@ -166,8 +175,9 @@ async def serve(
         loop.add_signal_handler(signum, stop.set)
     try:
         metrics = Metrics()
-        services = background(config, journal, metrics) if background else ()
-        app = build_app(config, journal, metrics=metrics, background=services)
+        readiness = ReadinessChecks()
+        services = background(config, journal, metrics, readiness) if background else ()
+        app = build_app(config, journal, metrics=metrics, background=services, readiness=readiness)
         runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
         await runner.setup()
         try:

@@ -158,6 +158,23 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class KubernetesConfig:
+    """Reading Flux's own status from the Kubernetes API (a second source of events) and
+    recording Kubernetes Events on the Flux objects."""
+
+    enabled: bool = False
+    """True: in-cluster configuration (the pod's ServiceAccount), or `kubeconfig` when set."""
+    kubeconfig: Path | None = None
+    """A kubeconfig file, for running outside the cluster."""
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty means every namespace the ServiceAccount can list."""
+    resync_seconds: float = 300.0
+    """Full re-list on top of the watches; a watch that cannot list for longer is not ready."""
+    events: bool = True
+    """Record Kubernetes Events (events.k8s.io/v1) on the Flux objects for actions and refusals."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class LogConfig:
     format: str = "auto"
     """`json`, `console`, or `auto` (console on a TTY, JSON otherwise)."""
@@ -180,6 +197,7 @@ class Config:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     source: str = "<defaults>"
     """Where the configuration came from, for messages."""
 
@@ -537,6 +555,20 @@ def _read_retention(reader: _Reader, raw: Mapping[str, Any]) -> RetentionConfig:
         )
 
 
+def _read_kubernetes(reader: _Reader, raw: Mapping[str, Any]) -> KubernetesConfig:
+    section = reader.section(raw, "kubernetes")
+    d = KubernetesConfig()
+    with reader.at("kubernetes"):
+        reader.unknown_keys(section, set(KubernetesConfig.__dataclass_fields__))
+        return KubernetesConfig(
+            enabled=reader.get(section, "enabled", _bool, d.enabled),
+            kubeconfig=reader.get(section, "kubeconfig", _path, d.kubeconfig),
+            namespaces=reader.get(section, "namespaces", _texts, d.namespaces),
+            resync_seconds=reader.get(section, "resync_seconds", _positive_float, d.resync_seconds),
+            events=reader.get(section, "events", _bool, d.events),
+        )
+
+
 def _read_log(reader: _Reader, raw: Mapping[str, Any]) -> LogConfig:
     section = reader.section(raw, "log")
     with reader.at("log"):
@@ -549,7 +581,7 @@ def _read_log(reader: _Reader, raw: Mapping[str, Any]) -> LogConfig:
 
 TOP_LEVEL_KEYS = {
     "cluster", "listen", "journal", "webhook", "admin_tokens", "git", "airflow",
-    "policy", "rules", "worker", "retention", "log",
+    "policy", "rules", "worker", "retention", "log", "kubernetes",
 }  # fmt: skip
 
 
@@ -628,6 +660,7 @@ def parse_config(raw: Any, source: str = "<memory>", environ: Mapping[str, str] 
         worker=_read_worker(reader, raw),
         retention=_read_retention(reader, raw),
         log=_read_log(reader, raw),
+        kubernetes=_read_kubernetes(reader, raw),
         source=source,
     )
     _cross_checks(reader, config)
@@ -668,6 +701,8 @@ def startup_problems(config: Config) -> list[str]:
         named += [(f"git.repositories[{i}].token_file", repo.token_file)]
         named += [(f"git.repositories[{i}].ssh_key_file", repo.ssh_key_file)]
         named += [(f"git.repositories[{i}].allowed_signers_file", repo.allowed_signers_file)]
+    if config.kubernetes.enabled:
+        named.append(("kubernetes.kubeconfig", config.kubernetes.kubeconfig))
     for name, inst in config.airflow.instances.items():
         for attr in ("username_file", "password_file", "token_file", "ca_file"):
             named.append((f"airflow.instances.{name}.{attr}", getattr(inst, attr)))

@@ -108,6 +108,26 @@ class Metrics:
             ["repository", "result"],
             registry=r,
         )
+        self.status_changes = Counter(
+            "fluxback_status_changes_total",
+            "Flux object status changes read from Kubernetes and journaled, by kind and result"
+            " (accepted, duplicate).",
+            ["kind", "result"],
+            registry=r,
+        )
+        self.watch_restarts = Counter(
+            "fluxback_watch_restarts_total",
+            "Kubernetes list/watch restarts by Flux kind (errors, expired resource versions).",
+            ["kind"],
+            registry=r,
+        )
+        self.kube_events = Counter(
+            "fluxback_kube_events_total",
+            "Kubernetes Events posted on Flux objects by reason and outcome"
+            " (recorded, failed, rate_limited).",
+            ["reason", "outcome"],
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format."""

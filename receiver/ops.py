@@ -27,6 +27,7 @@ from receiver.journal import (
     JournalUnavailable,
 )
 from receiver.metrics import CONTENT_TYPE, Metrics
+from receiver.readiness import ReadinessChecks
 from receiver.responses import json_error, unavailable
 
 log = structlog.get_logger("receiver.ops")
@@ -65,6 +66,7 @@ def summary_json(summary: DeliverySummary) -> dict[str, Any]:
         "next_attempt_at": _iso(summary.next_attempt_at),
         "duplicate_of": summary.duplicate_of,
         "last_error": summary.last_error,
+        "source": summary.source,
     }
 
 
@@ -154,19 +156,23 @@ def _delivery_filter(query: Mapping[str, str]) -> DeliveryFilter:
 class Operations:
     """Handlers for everything but event ingest."""
 
-    def __init__(self, config: Config, journal: Journal, metrics: Metrics, admin: AdminAuth) -> None:
+    def __init__(
+        self, config: Config, journal: Journal, metrics: Metrics, admin: AdminAuth, readiness: ReadinessChecks
+    ) -> None:
         self.config = config
         self.journal = journal
         self.metrics = metrics
         self.admin = admin
+        self.readiness = readiness
 
     async def healthz(self, _: web.Request) -> web.Response:
         """The process answers; says nothing about its dependencies (that is /readyz)."""
         return web.json_response({"status": "ok"})
 
     async def readyz(self, _: web.Request) -> web.Response:
-        """Ready when the journal commits a write and every configured secret file is readable."""
-        problems = startup_problems(self.config)
+        """Ready when the journal commits a write, every configured secret file is readable, and
+        the background services' own checks pass (the Kubernetes watches, when enabled)."""
+        problems = startup_problems(self.config) + self.readiness.problems()
         try:
             await self.journal.ping()
         except Exception as error:  # whatever the reason, the journal cannot take events now

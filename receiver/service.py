@@ -21,7 +21,9 @@ from receiver.app import Background
 from receiver.config import Config
 from receiver.git import Mirrors
 from receiver.journal import Journal
+from receiver.kube import Cluster
 from receiver.metrics import Metrics
+from receiver.readiness import ReadinessChecks
 from receiver.retention import prune_forever
 from receiver.worker import DeliveryProcessor, Worker
 
@@ -78,9 +80,16 @@ async def worker_service(config: Config, journal: Journal, metrics: Metrics) -> 
         await airflow.close()
 
 
-def background_services(config: Config, journal: Journal, metrics: Metrics) -> Sequence[Background]:
+def background_services(
+    config: Config, journal: Journal, metrics: Metrics, readiness: ReadinessChecks
+) -> Sequence[Background]:
     """What `serve` starts next to the HTTP server."""
-    return [
+    services = [
         worker_service(config, journal, metrics),
         _running("retention", lambda: prune_forever(journal, config.retention)),
     ]
+    if config.kubernetes.enabled:
+        cluster = Cluster(config.kubernetes, journal, metrics)
+        readiness.add(cluster.problems)
+        services.append(_running("kubernetes", cluster.run))
+    return services

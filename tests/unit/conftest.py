@@ -18,6 +18,7 @@ from receiver.app import Background, build_app
 from receiver.config import Config, parse_config
 from receiver.journal.sqlite import SqliteJournal
 from receiver.metrics import Metrics
+from receiver.readiness import ReadinessChecks
 from tests.flux_replay import flux_headers
 
 HMAC_KEY = b"s3cr3t-hmac-token"
@@ -80,9 +81,10 @@ async def running(
     *,
     background: Sequence[Background] = (),
     metrics: Metrics | None = None,
+    readiness: ReadinessChecks | None = None,
 ) -> AsyncIterator[Service]:
     metrics = metrics or Metrics()
-    app = build_app(config, journal, metrics=metrics, background=background)
+    app = build_app(config, journal, metrics=metrics, background=background, readiness=readiness)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:

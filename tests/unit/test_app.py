@@ -20,6 +20,7 @@ from receiver.journal import Journal
 from receiver.journal.sqlite import SqliteJournal
 from receiver.log import configure_logging
 from receiver.metrics import Metrics
+from receiver.readiness import ReadinessChecks
 from tests.flux_replay import event_body, post_event
 from tests.unit.conftest import HMAC_KEY, Service, make_config, running
 
@@ -94,7 +95,9 @@ async def test_serve_runs_until_stopped(tmp_path: Path) -> None:
     config = make_config(tmp_path, listen=f"127.0.0.1:{port}")
     log: list[str] = []
 
-    def services(cfg: Config, journal: Journal, metrics: Metrics) -> Sequence[Background]:
+    def services(
+        cfg: Config, journal: Journal, metrics: Metrics, readiness: ReadinessChecks
+    ) -> Sequence[Background]:
         return [_Recorder("worker", log)]
 
     stop = asyncio.Event()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.config import ConfigError, load_config, parse_config, startup_problems
+from receiver.config import ConfigError, KubernetesConfig, load_config, parse_config, startup_problems
 
 
 def _errors(raw: object, environ: dict[str, str] | None = None) -> list[str]:
@@ -131,3 +131,29 @@ def test_urls_with_credentials_and_unknown_default_instance_are_refused() -> Non
         "airflow.instances.default.url: must not carry a user or password; use token_file or the *_file keys",
     ]
     assert all("ghp_x" not in e and "pw@" not in e for e in caught.value.errors)
+
+
+def test_the_kubernetes_section(tmp_path: Path) -> None:
+    assert parse_config({}, environ={}).kubernetes == KubernetesConfig()
+    kubeconfig = tmp_path / "kubeconfig"
+    config = parse_config(
+        {
+            "kubernetes": {
+                "enabled": True,
+                "kubeconfig": str(kubeconfig),
+                "namespaces": ["flux-system", "apps"],
+            }
+        },
+        environ={"FLUXBACK_KUBERNETES__RESYNC_SECONDS": "60"},
+    )
+    assert config.kubernetes == KubernetesConfig(
+        enabled=True, kubeconfig=kubeconfig, namespaces=("flux-system", "apps"), resync_seconds=60.0
+    )
+    assert startup_problems(config)[0] == f"kubernetes.kubeconfig: cannot read file {kubeconfig}"
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"kubernetes": {"enabled": "yes", "resync_seconds": 0, "event": False}}, environ={})
+    assert sorted(raised.value.errors) == [
+        "kubernetes.enabled: must be true or false, got 'yes'",
+        "kubernetes.event: unknown key (known keys: enabled, events, kubeconfig, namespaces, resync_seconds)",
+        "kubernetes.resync_seconds: must be a positive number, got 0",
+    ]

@@ -1,0 +1,97 @@
+"""The Kubernetes side as one background service: a client, one watch per kind and namespace.
+
+Watches run on every replica (appends are idempotent: a status has one
+identity in the journal); the periodic full re-lists run only where
+`is_leader()` says so. With SQLite there is one replica, which always leads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+from kubernetes_asyncio.client import CustomObjectsApi
+
+from receiver.config import KubernetesConfig
+from receiver.journal import Journal
+from receiver.kube.client import api_client
+from receiver.kube.feed import StatusFeed
+from receiver.kube.kinds import HELM_RELEASE, KUSTOMIZATION, WATCHED, FluxKind
+from receiver.kube.watch import KindWatch
+from receiver.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+STATUS_KINDS = (KUSTOMIZATION, HELM_RELEASE)
+
+
+class Cluster:
+    """Watches the Flux kinds and turns status changes into deliveries."""
+
+    def __init__(
+        self,
+        config: KubernetesConfig,
+        journal: Journal,
+        metrics: Metrics,
+        *,
+        is_leader: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._is_leader = is_leader
+        self.feed = StatusFeed(journal, metrics)
+        self._watches: list[KindWatch] = []
+        self._created = time.monotonic()
+        self._connect_error = "not started yet"
+
+    def problems(self) -> list[str]:
+        """Readiness: a watch that has not been able to list for longer than resync_seconds."""
+        limit = self._config.resync_seconds
+        if not self._watches:
+            waited = time.monotonic() - self._created
+            if waited <= limit:
+                return []
+            return [f"kubernetes: not connected for {waited:.0f}s: {self._connect_error}"]
+        return [
+            f"kubernetes: cannot list {w.scope} for {w.stale_for():.0f}s: {w.last_error}"
+            for w in self._watches
+            if w.stale_for() > limit
+        ]
+
+    async def handle(self, kind: FluxKind, change: str, obj: Mapping[str, Any]) -> None:
+        if kind in STATUS_KINDS and change != "DELETED":
+            await self.feed.observe(kind, obj)
+        elif change == "DELETED":
+            metadata = obj.get("metadata") or {}
+            self.feed.forget(kind, str(metadata.get("namespace", "")), str(metadata.get("name", "")))
+
+    async def run(self) -> None:
+        """Until cancelled."""
+        try:
+            client = await api_client(self._config)
+        except Exception as error:  # no in-cluster environment, an unreadable kubeconfig
+            self._connect_error = f"{type(error).__name__}: {error}"
+            raise
+        try:
+            api = CustomObjectsApi(client)
+            namespaces: tuple[str | None, ...] = self._config.namespaces or (None,)
+            self._watches = [
+                KindWatch(
+                    api,
+                    kind,
+                    namespace,
+                    self.handle,
+                    self._metrics,
+                    resync_seconds=self._config.resync_seconds,
+                    is_leader=self._is_leader,
+                )
+                for kind in WATCHED
+                for namespace in namespaces
+            ]
+            log.info("kube.watching", kinds=[k.kind for k in WATCHED], namespaces=list(namespaces))
+            await asyncio.gather(*(w.run() for w in self._watches))
+        finally:
+            await client.close()
