@@ -9,10 +9,13 @@ counts across apps. Labels are bounded: no revision, run id or delivery id.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from receiver import __version__
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -33,6 +36,9 @@ class IngestResult(StrEnum):
     CREDENTIALS_UNAVAILABLE = "credentials_unavailable"
     """No configured key file could be read, so nothing could be verified."""
 
+
+DEPLOY_OUTCOMES = ("success", "failure")
+"""Every value of `fluxback_deploys_total{outcome}`: the revision went live, or it failed."""
 
 _SHORT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _MINUTES = (*_SHORT, 60.0, 300.0, 900.0, 3600.0)
@@ -96,12 +102,31 @@ class Metrics:
             buckets=_MINUTES,
             registry=r,
         )
+        # Per Flux object: only objects whose revisions are correlated (mapped to a repository)
+        # get series, so the label values are bounded by configuration and the cluster, as
+        # in Flux's own gotk_reconcile_duration_seconds{kind,namespace,name}.
         self.commit_to_live = Histogram(
             "fluxback_commit_to_live_seconds",
-            "Time from a correlated commit's commit date to the Flux success event that made it live.",
+            "Time from a correlated commit's commit date to the Flux success event that made it live,"
+            " by Flux object (DORA lead time for changes).",
+            ["kind", "namespace", "name"],
             buckets=_LONG,
             registry=r,
         )
+        self.deploys = Counter(
+            "fluxback_deploys_total",
+            "Correlated revisions of a Flux object by outcome: success (it went live) or failure"
+            " (DORA deploy frequency and change-failure rate).",
+            ["kind", "namespace", "name", "outcome"],
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "fluxback_build_info",
+            "Always 1, labelled with the running version; count() of it is the number of replicas.",
+            ["version"],
+            registry=r,
+        )
+        self.build_info.labels(__version__).set(1)
         self.git_fetches = Counter(
             "fluxback_git_fetches_total",
             "Fetches into the local mirrors by configured repository and result.",
@@ -128,6 +153,25 @@ class Metrics:
             ["reason", "outcome"],
             registry=r,
         )
+
+    def track_object(self, kind: str, namespace: str, name: str) -> None:
+        """Start the object's deploy counters at zero, so that increase() sees its first deploy too."""
+        for outcome in DEPLOY_OUTCOMES:
+            self.deploys.labels(kind, namespace, name, outcome)
+
+    def record_deploy(
+        self, kind: str, namespace: str, name: str, outcome: str, lead_times: Iterable[float]
+    ) -> None:
+        """A correlated revision of the object went live or failed.
+
+        Args:
+            outcome: one of DEPLOY_OUTCOMES.
+            lead_times: seconds from each of the revision's new commits to the event that made it live.
+        """
+        self.track_object(kind, namespace, name)
+        self.deploys.labels(kind, namespace, name, outcome).inc()
+        for seconds in lead_times:
+            self.commit_to_live.labels(kind, namespace, name).observe(max(0.0, seconds))
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format."""

@@ -73,6 +73,8 @@ async def worker_service(config: Config, journal: Journal, metrics: Metrics) -> 
         metrics=metrics,
     )
     worker = Worker(journal=journal, processor=processor, config=config.worker, metrics=metrics)
+    for obj in config.git.objects:
+        metrics.track_object(obj.kind, obj.namespace, obj.name)
     try:
         async with _running("worker", worker.run):
             yield

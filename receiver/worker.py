@@ -96,12 +96,17 @@ class DeliveryProcessor:
         if sha is None and commits is None:
             return  # already handled: the decision says why
         await self._journal.set_state(delivery.id, DeliveryState.ACTING)
-        await self._act(delivery, facts, sha, commits or (), runs, event.timestamp)
+        await self._act(delivery, facts, sha, commits or (), runs)
         if sha is not None:
+            lead_times: list[float] = []
             if delivery.outcome == "success":
                 await self._journal.set_applied(delivery.object_key, sha, delivery.id)
+                lead_times = [(event.timestamp - c.committed_at).total_seconds() for c in commits or ()]
             else:
                 await self._journal.set_failed(delivery.object_key, sha, delivery.id)
+            self._metrics.record_deploy(
+                delivery.kind, delivery.namespace, delivery.name, delivery.outcome, lead_times
+            )
 
     async def _resolve(
         self, delivery: Delivery, facts: EventFacts
@@ -192,7 +197,6 @@ class DeliveryProcessor:
         sha: str | None,
         commits: tuple[CommitInfo, ...],
         runs: tuple[AuthoringRun, ...],
-        event_time: datetime,
     ) -> None:
         received = delivery.received_at.timestamp()
         new_state: Literal["success", "failed"] = "success" if delivery.outcome == "success" else "failed"
@@ -261,11 +265,6 @@ class DeliveryProcessor:
         if temporary:
             retry_after = max((e.retry_after or 0.0) for e in temporary) or None
             raise TemporaryProblem("; ".join(e.reason for e in temporary), retry_after)
-        if delivery.outcome == "success":
-            for commit in commits:
-                self._metrics.commit_to_live.observe(
-                    max(0.0, (event_time - commit.committed_at).total_seconds())
-                )
 
 
 def _basis_text(basis: str, previous: str | None, sha: str, count: int, path: str) -> str:
