@@ -167,7 +167,7 @@ def fluxback_config(
         "git": {
             "cache_dir": str(root / "git-cache"),
             "repositories": [{"name": "flux-system/flux-system", "url": repo.url}],
-            "objects": [_object("apps"), _object("infra")],
+            "objects": [kustomization("apps"), kustomization("infra")],
         },
         "airflow": {
             "instances": {
@@ -189,7 +189,7 @@ def fluxback_config(
     }
 
 
-def _object(name: str) -> dict[str, str]:
+def kustomization(name: str) -> dict[str, str]:
     """Kustomization flux-system/<name> applies ./<name> of the test repository."""
     return {
         "kind": "Kustomization",

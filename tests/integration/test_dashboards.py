@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.flux_replay import event_body, post_event
 from tests.gitops import GitOpsRepo
 from tests.integration.airflow_harness import free_port
-from tests.integration.fluxback_service import HMAC_KEY, FluxbackService
+from tests.integration.fluxback_service import HMAC_KEY, FluxbackService, kustomization
 
 pytestmark = pytest.mark.integration
 
@@ -128,15 +128,7 @@ def scrape(tmp_path: Path) -> Iterator[str]:
         "git": {
             "cache_dir": str(tmp_path / "git-cache"),
             "repositories": [{"name": "flux-system/flux-system", "url": repo.url}],
-            "objects": [
-                {
-                    "kind": "Kustomization",
-                    "namespace": "flux-system",
-                    "name": "apps",
-                    "repository": "flux-system/flux-system",
-                    "path": "./apps",
-                }
-            ],
+            "objects": [kustomization("apps")],
         },
         "airflow": {
             "instances": {
