@@ -125,13 +125,19 @@ def overview() -> dashboard.Dashboard:
             [
                 graph(
                     "Events in by result and source",
-                    "Flux events per second by what became of them; webhook = POST /flux/events.",
+                    "Flux events per second by what became of them. webhook: POST /flux/events;"
+                    " kubernetes: status changes of Flux objects read from the cluster (kubernetes.enabled).",
                     "reqps",
                     [
                         query(
                             f"sum by (result) (rate(fluxback_events_received_total[{RATE}]))",
                             "webhook: {{result}}",
-                        )
+                        ),
+                        query(
+                            f"sum by (result) (rate(fluxback_status_changes_total[{RATE}]))",
+                            "kubernetes: {{result}}",
+                            "B",
+                        ),
                     ],
                 ),
                 graph(
@@ -222,6 +228,40 @@ def overview() -> dashboard.Dashboard:
                         query(
                             f"sum by (repository, result) (rate(fluxback_git_fetches_total[{RATE}]))",
                             "{{repository}} {{result}}",
+                        )
+                    ],
+                ),
+            ],
+        ),
+        (
+            "Kubernetes",
+            [
+                graph(
+                    "Status changes by kind and result",
+                    "Flux object status changes read from the cluster and journaled; duplicate: a"
+                    " webhook or an earlier status already reported the same revision and outcome.",
+                    "ops",
+                    [
+                        query(
+                            f"sum by (kind, result) (rate(fluxback_status_changes_total[{RATE}]))",
+                            "{{kind}} {{result}}",
+                        )
+                    ],
+                ),
+                graph(
+                    "Watch restarts by kind",
+                    "Lists and watches started again after an error or an expired resource version.",
+                    "short",
+                    [query(f"sum by (kind) (increase(fluxback_watch_restarts_total[{RATE}]))", "{{kind}}")],
+                ),
+                graph(
+                    "Kubernetes Events on Flux objects",
+                    "Events Fluxback posted on the Flux objects (kubectl describe), by reason and outcome.",
+                    "ops",
+                    [
+                        query(
+                            f"sum by (reason, outcome) (rate(fluxback_kube_events_total[{RATE}]))",
+                            "{{reason}} {{outcome}}",
                         )
                     ],
                 ),

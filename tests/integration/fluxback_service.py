@@ -124,6 +124,12 @@ class FluxbackService:
             assert answer.status == 200, (answer.status, await answer.text())
             return await answer.json()
 
+    async def metrics_text(self) -> str:
+        """GET /metrics as Prometheus scrapes it."""
+        async with aiohttp.ClientSession() as session, session.get(f"{self.url}/metrics") as answer:
+            assert answer.status == 200, answer.status
+            return await answer.text()
+
     async def wait_delivery(
         self, delivery_id: int, states: Sequence[str] = ("done", "dead"), within: float = 60.0
     ) -> dict[str, Any]:
