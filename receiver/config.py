@@ -52,7 +52,8 @@ class WebhookConfig:
 class GitRepository:
     name: str
     """The Flux GitRepository as `namespace/name`."""
-    url: str
+    url: str = ""
+    """Empty with kubernetes.enabled: the URL then comes from the Flux GitRepository's spec.url."""
     token_file: Path | None = None
     """HTTPS token (file); sent as the password with user `username`."""
     username: str = "git"
@@ -413,7 +414,7 @@ def _read_git(reader: _Reader, raw: Mapping[str, Any]) -> GitConfig:
             reader.unknown_keys(item, set(GitRepository.__dataclass_fields__))
             repository = GitRepository(
                 name=reader.required(item, "name", _text, ""),
-                url=reader.required(item, "url", _text, ""),
+                url=reader.get(item, "url", _text, ""),
                 token_file=reader.get(item, "token_file", _path, None),
                 username=reader.get(item, "username", _text, "git"),
                 ssh_key_file=reader.get(item, "ssh_key_file", _path, None),
@@ -592,6 +593,10 @@ def _cross_checks(reader: _Reader, config: Config) -> None:
             "airflow.default_instance",
             f"no Airflow instance {config.airflow.default_instance!r} in airflow.instances",
         )
+    for index, repository in enumerate(config.git.repositories):
+        if not repository.url and not config.kubernetes.enabled:
+            # With Kubernetes enabled, the Flux GitRepository of the same namespace/name names the URL.
+            reader.error(f"git.repositories[{index}].url", "is required (unless kubernetes.enabled)")
     urls = [(f"git.repositories[{i}].url", r.url) for i, r in enumerate(config.git.repositories)]
     urls += [(f"airflow.instances.{name}.url", i.url) for name, i in instances.items()]
     for key, url in urls:

@@ -19,7 +19,7 @@ from receiver.actions import Actor
 from receiver.airflow import AirflowClients
 from receiver.app import Background
 from receiver.config import Config
-from receiver.git import Mirrors
+from receiver.git import Mirrors, ObjectLocator
 from receiver.journal import Journal
 from receiver.kube import Cluster
 from receiver.metrics import Metrics
@@ -54,8 +54,14 @@ async def _running(name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> A
 
 
 @asynccontextmanager
-async def worker_service(config: Config, journal: Journal, metrics: Metrics) -> AsyncIterator[None]:
-    """The worker with its git mirrors and Airflow clients, closed when it stops."""
+async def worker_service(
+    config: Config, journal: Journal, metrics: Metrics, locator: ObjectLocator | None = None
+) -> AsyncIterator[None]:
+    """The worker with its git mirrors and Airflow clients, closed when it stops.
+
+    Args:
+        locator: what the cluster says about each Flux object's repository (Kubernetes enabled).
+    """
     airflow = AirflowClients.from_config(
         config.airflow,
         on_request=lambda instance, method, status, seconds: metrics.airflow_request.labels(
@@ -63,7 +69,9 @@ async def worker_service(config: Config, journal: Journal, metrics: Metrics) -> 
         ).observe(seconds),
     )
     mirrors = Mirrors(
-        config.git, on_fetch=lambda repository, result: metrics.git_fetches.labels(repository, result).inc()
+        config.git,
+        on_fetch=lambda repository, result: metrics.git_fetches.labels(repository, result).inc(),
+        locator=locator,
     )
     processor = DeliveryProcessor(
         config=config,
@@ -86,12 +94,15 @@ def background_services(
     config: Config, journal: Journal, metrics: Metrics, readiness: ReadinessChecks
 ) -> Sequence[Background]:
     """What `serve` starts next to the HTTP server."""
-    services = [
-        worker_service(config, journal, metrics),
+    if not config.kubernetes.enabled:
+        return [
+            worker_service(config, journal, metrics),
+            _running("retention", lambda: prune_forever(journal, config.retention)),
+        ]
+    cluster = Cluster(config.kubernetes, journal, metrics)
+    readiness.add(cluster.problems)
+    return [
+        worker_service(config, journal, metrics, locator=cluster.discovery),
         _running("retention", lambda: prune_forever(journal, config.retention)),
+        _running("kubernetes", cluster.run),
     ]
-    if config.kubernetes.enabled:
-        cluster = Cluster(config.kubernetes, journal, metrics)
-        readiness.add(cluster.problems)
-        services.append(_running("kubernetes", cluster.run))
-    return services

@@ -119,12 +119,12 @@ class DeliveryProcessor:
         if delivery.commit is None:
             await note(delivery.id, f"no commit in revision {delivery.revision!r}: only rules apply")
             return None, (), ()
-        located = self._mirrors.for_object(delivery.kind, delivery.namespace, delivery.name)
-        if located is None:
-            await note(
-                delivery.id,
-                f"no git repository configured for {delivery.object_key} (git.objects): only rules apply",
-            )
+        try:
+            located = self._mirrors.for_object(delivery.kind, delivery.namespace, delivery.name)
+        except GitTemporaryError as error:
+            raise TemporaryProblem(str(error)) from error
+        if isinstance(located, str):
+            await note(delivery.id, f"{located}: only rules apply")
             return None, (), ()
         mirror, path = located
         try:

@@ -1,4 +1,5 @@
-"""The Kubernetes side as one background service: a client, one watch per kind and namespace.
+"""The Kubernetes side as one background service: a client, one watch per kind and namespace,
+feeding discovery (which repository and folder each object applies) and the status feed.
 
 Watches run on every replica (appends are idempotent: a status has one
 identity in the journal); the periodic full re-lists run only where
@@ -18,6 +19,7 @@ from kubernetes_asyncio.client import CustomObjectsApi
 from receiver.config import KubernetesConfig
 from receiver.journal import Journal
 from receiver.kube.client import api_client
+from receiver.kube.discovery import Discovery
 from receiver.kube.feed import StatusFeed
 from receiver.kube.kinds import HELM_RELEASE, KUSTOMIZATION, WATCHED, FluxKind
 from receiver.kube.watch import KindWatch
@@ -37,9 +39,11 @@ class Cluster:
         journal: Journal,
         metrics: Metrics,
         *,
+        discovery: Discovery | None = None,
         is_leader: Callable[[], bool] = lambda: True,
     ) -> None:
         self._config = config
+        self.discovery = discovery or Discovery()
         self._metrics = metrics
         self._is_leader = is_leader
         self.feed = StatusFeed(journal, metrics)
@@ -62,11 +66,15 @@ class Cluster:
         ]
 
     async def handle(self, kind: FluxKind, change: str, obj: Mapping[str, Any]) -> None:
-        if kind in STATUS_KINDS and change != "DELETED":
-            await self.feed.observe(kind, obj)
-        elif change == "DELETED":
+        if change == "DELETED":
             metadata = obj.get("metadata") or {}
-            self.feed.forget(kind, str(metadata.get("namespace", "")), str(metadata.get("name", "")))
+            namespace, name = str(metadata.get("namespace", "")), str(metadata.get("name", ""))
+            self.discovery.remove(kind, namespace, name)
+            self.feed.forget(kind, namespace, name)
+            return
+        self.discovery.update(kind, obj)  # before the status: the worker may take the delivery at once
+        if kind in STATUS_KINDS:
+            await self.feed.observe(kind, obj)
 
     async def run(self) -> None:
         """Until cancelled."""
@@ -87,6 +95,7 @@ class Cluster:
                     self._metrics,
                     resync_seconds=self._config.resync_seconds,
                     is_leader=self._is_leader,
+                    on_listed=self.discovery.listed,
                 )
                 for kind in WATCHED
                 for namespace in namespaces

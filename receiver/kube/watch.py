@@ -60,6 +60,7 @@ class KindWatch:
         *,
         resync_seconds: float,
         is_leader: Callable[[], bool] = lambda: True,
+        on_listed: Callable[[FluxKind], None] = lambda kind: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kind = kind
@@ -69,6 +70,7 @@ class KindWatch:
         self._metrics = metrics
         self._resync = resync_seconds
         self._is_leader = is_leader
+        self._on_listed = on_listed
         self._clock = clock
         self.failing_since: float | None = clock()
         """When listing started failing (or the watch started and has not listed yet); None when current."""
@@ -125,6 +127,7 @@ class KindWatch:
         listing = await self._call()
         for obj in listing.get("items") or ():
             await self._handle(self.kind, "LISTED", obj)
+        self._on_listed(self.kind)
         log.info("kube.listed", scope=self.scope, objects=len(listing.get("items") or ()))
         return _resource_version(listing, "")
 

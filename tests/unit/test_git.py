@@ -720,9 +720,13 @@ def test_mirrors_map_flux_objects_to_repositories(tmp_path: Path) -> None:
     assert mirrors.for_object("Kustomization", "flux-system", "apps") == (apps, "./apps")
     assert mirrors.for_object("GitRepository", "flux-system", "flux-system") == (fleet, "")
     assert mirrors.for_object("GitRepository", "apps", "apps") == (apps, "./only")
-    assert mirrors.for_object("Kustomization", "flux-system", "flux-system") is None
-    assert mirrors.for_object("HelmRelease", "flux-system", "apps") is None
-    assert mirrors.for_object("GitRepository", "other", "repo") is None
+    unmapped = "no git repository configured for {} (git.objects)".format
+    for key in (
+        "Kustomization/flux-system/flux-system",
+        "HelmRelease/flux-system/apps",
+        "GitRepository/other/repo",
+    ):
+        assert mirrors.for_object(*key.split("/")) == unmapped(key)
     with pytest.raises(GitConfigError, match=r"no repository 'nope/nope' in git\.repositories") as caught:
         mirrors.get("nope/nope")
     assert isinstance(caught.value, GitError)
