@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
-from kubernetes_asyncio.client import CustomObjectsApi
+from kubernetes_asyncio.client import CustomObjectsApi, EventsV1Api
 
 from receiver.config import KubernetesConfig
 from receiver.journal import Journal
@@ -22,6 +22,7 @@ from receiver.kube.client import api_client
 from receiver.kube.discovery import Discovery
 from receiver.kube.feed import StatusFeed
 from receiver.kube.kinds import HELM_RELEASE, KUSTOMIZATION, WATCHED, FluxKind
+from receiver.kube.recorder import EventRecorder
 from receiver.kube.watch import KindWatch
 from receiver.metrics import Metrics
 
@@ -47,6 +48,8 @@ class Cluster:
         self._metrics = metrics
         self._is_leader = is_leader
         self.feed = StatusFeed(journal, metrics)
+        self.recorder = EventRecorder(metrics) if config.events else None
+        """Kubernetes Events on the Flux objects (kubernetes.events); None when turned off."""
         self._watches: list[KindWatch] = []
         self._created = time.monotonic()
         self._connect_error = "not started yet"
@@ -101,6 +104,9 @@ class Cluster:
                 for namespace in namespaces
             ]
             log.info("kube.watching", kinds=[k.kind for k in WATCHED], namespaces=list(namespaces))
-            await asyncio.gather(*(w.run() for w in self._watches))
+            running = [w.run() for w in self._watches]
+            if self.recorder is not None:
+                running.append(self.recorder.run(EventsV1Api(client)))
+            await asyncio.gather(*running)
         finally:
             await client.close()
