@@ -1,7 +1,8 @@
 """Every PromQL expression in the dashboards and alert rules parses and names only what Fluxback exports.
 
 A real `fluxback serve` process gets real Flux events (a deploy, a failure, a delivery that becomes
-a dead letter because Airflow is down), then its `/metrics` is scraped. promtool (Prometheus's own
+a dead letter because Airflow is down, a Flux object's status from an emulated Kubernetes API),
+then its `/metrics` is scraped and linted by `promtool check metrics`. promtool (Prometheus's own
 parser and type checker) checks every expression; promql-parser walks each one to find the metric
 names and label names it uses, which must appear in the scrape. So a typo or a renamed metric or
 label fails here instead of leaving an empty panel or an alert that never fires.
@@ -222,6 +223,11 @@ def test_every_expression_parses_and_names_only_exported_metrics(scrape: str, tm
     index = "\n".join(f"check:expr_{i} = {where}" for i, (where, _) in enumerate(found))
     assert checked.returncode == 0, f"{checked.stdout}{checked.stderr}\n{index}"
     assert f"SUCCESS: {len(found)} rules found" in checked.stdout
+
+    linted = subprocess.run(
+        [promtool, "check", "metrics"], input=scrape, capture_output=True, text=True, check=False
+    )
+    assert linted.returncode == 0, f"promtool's lint of /metrics: {linted.stdout}{linted.stderr}"
 
     labels, sampled = exported(scrape)
     problems: list[str] = []
