@@ -187,7 +187,8 @@ async def serve(
             except OSError as error:
                 address = f"{config.listen_host}:{config.listen_port}"
                 raise StartupError([f"listen: cannot listen on {address}: {error.strerror}"]) from None
-            log.info("listening", host=config.listen_host, port=config.listen_port, journal=config.journal)
+            where = {"host": config.listen_host, "port": config.listen_port, "journal": str(config.journal)}
+            log.info("listening", **where)
             await stop.wait()
             log.info("shutting down")
         finally:

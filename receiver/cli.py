@@ -1,4 +1,4 @@
-"""The `fluxback` command: serve, check-config, deliveries, replay.
+"""The `fluxback` command: serve, check-config, config-schema, deliveries, replay.
 
 Every subcommand takes `--config FILE` (or `$FLUXBACK_CONFIG`). `deliveries`
 and `replay` work on the journal directly, so they also answer while the
@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from receiver.app import StartupError, run
-from receiver.config import Config, ConfigError, load_config, startup_problems
+from receiver.config import Config, ConfigError, config_schema_text, load_config, read_config_file
 from receiver.journal import (
     DeliveryFilter,
     DeliveryState,
@@ -63,15 +63,18 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    config = _load(args)
-    if config is None:
-        return 1
-    problems = startup_problems(config)
+    reading = read_config_file(args.config)
+    problems = reading.every_problem()
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if problems:
         return 1
-    print(f"configuration OK: {config.source}")
+    print(f"configuration OK: {reading.source}")
+    return 0
+
+
+def _config_schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(config_schema_text())
     return 0
 
 
@@ -213,6 +216,11 @@ def _parser() -> argparse.ArgumentParser:
         "check-config", parents=[common], help="validate the configuration and the files it names"
     )
     check.set_defaults(handler=_check_config)
+
+    schema = commands.add_parser(
+        "config-schema", help="print the JSON Schema of the configuration file (docs/config.schema.json)"
+    )
+    schema.set_defaults(handler=_config_schema)
 
     deliveries = commands.add_parser(
         "deliveries", parents=[common], help="list deliveries from the journal, newest first"

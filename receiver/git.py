@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
@@ -581,6 +581,6 @@ class Mirrors:
             )
         if not mirror.repository.url:
             # The configured entry holds only credentials; the cluster names the URL.
-            mirror = self._mirror(replace(mirror.repository, url=source.url))
+            mirror = self._mirror(mirror.repository.model_copy(update={"url": source.url}))
             self._mirrors[source.repository] = mirror
         return mirror, source.path

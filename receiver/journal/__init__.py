@@ -1,4 +1,4 @@
-"""Durable inbox and delivery state (see base.py); `open_journal` picks the backend from the URL."""
+"""Durable inbox and delivery state (see base.py); `journal_from_url` picks the backend from the URL."""
 
 from receiver.journal.base import (
     FINAL_STATES,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from receiver.config import sqlite_path
+from receiver.config import JournalUrl
 from receiver.journal.base import Journal
 from receiver.journal.sqlite import SqliteJournal
 
 
-def journal_from_url(url: str) -> Journal:
-    """`sqlite:///path/to/journal.db` (one replica); config validation has already refused anything else."""
-    path = sqlite_path(url)
-    if path is not None:
-        return SqliteJournal(path)
-    raise ValueError(f"journal: unsupported URL {url.split('://')[0]!r}; use sqlite:///PATH")
+def journal_from_url(url: JournalUrl) -> Journal:
+    """The journal the checked URL names (`receiver.config.journal_url` refuses any other)."""
+    if url.scheme == "sqlite" and url.path is not None:
+        return SqliteJournal(url.path)
+    raise ValueError(f"journal: no backend for {url.scheme!r} URLs")

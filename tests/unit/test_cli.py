@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -161,3 +162,45 @@ def test_replay(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         f"error: delivery {delivery_id}: is received; only done or dead ones replay\n"
         "error: delivery 4242: no such delivery\n"
     )
+
+
+def test_check_config_reports_value_errors_and_file_problems_in_one_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write_config(
+        tmp_path,
+        listen="nowhere",
+        journal="mysql://db/fluxback",
+        webhook={"hmac_keys": [str(tmp_path / "no-such-key")]},
+    )
+    assert main(["check-config", "--config", str(path)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: listen: must be host:port, got 'nowhere'",
+        "error: journal: must be sqlite:///PATH, got a 'mysql' URL",
+        f"error: webhook.hmac_keys[0]: cannot read file {tmp_path / 'no-such-key'}",
+    ]
+
+
+def test_check_config_skips_file_checks_for_values_already_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write_config(
+        tmp_path,
+        webhook={"hmac_keys": "inline-secret"},
+        admin_tokens=[str(tmp_path / "missing-admin-token")],
+        airflow={"instances": {"default": {"url": "ftp://af", "token_file": str(tmp_path / "no-token")}}},
+    )
+    assert main(["check-config", "--config", str(path)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: webhook.hmac_keys: must be a list of file paths (secrets are never inline)",
+        "error: airflow.instances.default.url: must start with http:// or https://",
+        f"error: admin_tokens[0]: cannot read file {tmp_path / 'missing-admin-token'}",
+    ]
+
+
+def test_config_schema_prints_the_committed_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config-schema"]) == 0
+    printed = capsys.readouterr().out
+    committed = Path(__file__).parents[2] / "docs" / "config.schema.json"
+    assert printed == committed.read_text(encoding="utf-8")
+    assert json.loads(printed)["properties"]["listen"]["default"] == "127.0.0.1:9292"

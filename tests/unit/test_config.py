@@ -5,8 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from receiver.config import ConfigError, KubernetesConfig, load_config, parse_config, startup_problems
+from receiver.config import (
+    ConfigError,
+    KubernetesConfig,
+    config_schema,
+    config_schema_text,
+    load_config,
+    parse_config,
+    parse_journal_url,
+    startup_problems,
+)
 
 
 def _errors(raw: object, environ: dict[str, str] | None = None) -> list[str]:
@@ -113,24 +123,156 @@ def test_the_example_dev_configuration_is_valid(monkeypatch: pytest.MonkeyPatch)
     assert startup_problems(config) == []
 
 
-def test_urls_with_credentials_and_unknown_default_instance_are_refused() -> None:
+def test_urls_with_credentials_are_refused_without_echoing_them() -> None:
     raw = {
         "git": {
             "repositories": [{"name": "flux-system/fleet", "url": "https://ghp_x@github.com/acme/fleet.git"}]
         },
-        "airflow": {
-            "default_instance": "prod",
-            "instances": {"default": {"url": "http://admin:pw@airflow:8080", "token_file": "/t"}},
-        },
+        "airflow": {"instances": {"default": {"url": "http://admin:pw@airflow:8080", "token_file": "/t"}}},
     }
     with pytest.raises(ConfigError) as caught:
         parse_config(raw, "<test>", environ={})
     assert caught.value.errors == [
-        "airflow.default_instance: no Airflow instance 'prod' in airflow.instances",
         "git.repositories[0].url: must not carry a user or password; use token_file or the *_file keys",
         "airflow.instances.default.url: must not carry a user or password; use token_file or the *_file keys",
     ]
     assert all("ghp_x" not in e and "pw@" not in e for e in caught.value.errors)
+
+
+def test_an_unknown_default_instance_is_refused() -> None:
+    raw = {
+        "airflow": {
+            "default_instance": "prod",
+            "instances": {"default": {"url": "http://airflow:8080", "token_file": "/t"}},
+        },
+    }
+    assert _errors(raw) == ["airflow.default_instance: no Airflow instance 'prod' in airflow.instances"]
+
+
+def test_the_committed_schema_is_the_generated_one() -> None:
+    committed = (Path(__file__).parents[2] / "docs" / "config.schema.json").read_text(encoding="utf-8")
+    assert committed == config_schema_text(), (
+        "docs/config.schema.json is stale; regenerate it with: "
+        ".venv/bin/fluxback config-schema > docs/config.schema.json"
+    )
+
+
+def test_the_schema_describes_every_key_with_its_default() -> None:
+    schema = config_schema()
+    assert set(schema["properties"]) == {
+        "cluster", "listen", "journal", "webhook", "admin_tokens", "git", "airflow",
+        "policy", "rules", "worker", "retention", "log", "kubernetes",
+    }  # fmt: skip
+    webhook = schema["$defs"]["WebhookConfig"]["properties"]
+    assert webhook["max_body_bytes"] == {
+        "default": 1048576,
+        "description": (
+            "Largest accepted body in bytes; Flux's own receiver caps at 3 MiB, events are far smaller."
+        ),
+        "exclusiveMinimum": 0,
+        "title": "Max Body Bytes",
+        "type": "integer",
+    }
+    assert schema["properties"]["journal"]["default"] == "sqlite:///var/lib/fluxback/journal.db"
+    assert schema["additionalProperties"] is False
+    for name, section in schema["$defs"].items():
+        for key, field in section["properties"].items():
+            assert field.get("description"), f"{name}.{key} has no description"
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///var/lib/fluxback/journal.db", Path("/var/lib/fluxback/journal.db")),
+        ("sqlite:///./var/journal.db", Path("var/journal.db")),
+        ("sqlite:///../journal.db", Path("../journal.db")),
+    ],
+)
+def test_sqlite_journal_urls(url: str, path: Path) -> None:
+    parsed = parse_journal_url(url)
+    assert (parsed.scheme, parsed.path, str(parsed)) == ("sqlite", path, url)
+    assert parse_config({"journal": url}, environ={}).sqlite_path == path
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://db/fluxback", "journal: must be sqlite:///PATH, got a 'mysql' URL"),
+        ("sqlite:///", "journal: must be sqlite:///PATH, got 'sqlite:///'"),
+        ("sqlite://relative.db", "journal: must be sqlite:///PATH, got 'sqlite://relative.db'"),
+        ("journal.db", "journal: must be sqlite:///PATH"),
+        (
+            "postgresql://fluxback@db:5432/fluxback",
+            "journal: the PostgreSQL journal is not available in this release; use sqlite:///PATH",
+        ),
+    ],
+)
+def test_unsupported_journal_urls(url: str, message: str) -> None:
+    assert _errors({"journal": url}) == [message]
+
+
+def test_relations_are_checked_even_when_other_values_are_wrong() -> None:
+    raw = {
+        "listen": "nowhere",
+        "git": {
+            "repositories": [
+                {"name": "flux-system/fleet", "url": "https://git.example.com/fleet.git", "username": []},
+                {"name": "flux-system/fleet", "url": "https://git.example.com/other.git"},
+                {"url": "https://git.example.com/third.git"},
+            ],
+            "objects": [
+                {"kind": "Kustomization", "namespace": "apps", "name": "apps", "repository": "team/missing"},
+            ],
+        },
+        "airflow": {
+            "instances": {
+                "default": {"url": "http://airflow:8080", "token_file": "/t", "timeout_seconds": 0},
+                "other": {"url": "http://other:8080", "username_file": "/u"},
+            },
+        },
+        "rules": [{"match": {"outcome": "done"}, "trigger": [{"dag_id": "post", "instance": "nowhere"}]}],
+    }
+    assert _errors(raw) == [
+        "listen: must be host:port, got 'nowhere'",
+        "git.repositories[0].username: must be a string, got list",
+        "git.repositories[2].name: is required",
+        "airflow.instances.default.timeout_seconds: must be a positive number, got 0",
+        "airflow.instances.other: username_file and password_file go together",
+        "airflow.instances.other: set either username_file + password_file, or token_file",
+        "rules[0].match.outcome: must be one of 'success', 'failure', 'progress', 'ignore' or '*',"
+        " got 'done'",
+        "git.repositories[1].name: repository 'flux-system/fleet' is listed more than once",
+        "git.objects[0].repository: no repository named 'team/missing' in git.repositories",
+        "rules[0].trigger[0].instance: no Airflow instance 'nowhere' in airflow.instances",
+    ]
+
+
+def test_null_means_the_default_and_the_models_are_frozen() -> None:
+    raw = {"webhook": None, "worker": {"concurrency": None}, "log": {"level": None}}
+    config = parse_config(raw, environ={})
+    assert config.worker.concurrency == 4
+    assert config.log.level == "info"
+    with pytest.raises(ValidationError):
+        config.worker.concurrency = 8  # type: ignore[misc]
+
+
+def test_booleans_and_numbers_keep_their_yaml_types() -> None:
+    assert _errors({"webhook": {"allow_unauthenticated": "yes", "max_body_bytes": True}}) == [
+        "webhook.allow_unauthenticated: must be true or false, got 'yes'",
+        "webhook.max_body_bytes: must be a positive integer, got True",
+    ]
+    assert _errors({"worker": {"concurrency": 2.5}}) == [
+        "worker.concurrency: must be a positive integer, got 2.5"
+    ]
+
+
+def test_ssh_urls_may_name_the_ssh_user_but_no_password() -> None:
+    ok = {"name": "flux-system/fleet", "url": "ssh://git@github.com/acme/fleet.git", "ssh_key_file": "/k"}
+    assert parse_config({"git": {"repositories": [ok]}}, environ={}).git.repositories[0].url == ok["url"]
+    with_password = {**ok, "url": "ssh://git:pw@github.com/acme/fleet.git"}
+    assert _errors({"git": {"repositories": [with_password]}}) == [
+        "git.repositories[0].url: must not carry a user or password; use token_file or the *_file keys"
+    ]
 
 
 def test_the_kubernetes_section(tmp_path: Path) -> None:
@@ -157,3 +299,10 @@ def test_the_kubernetes_section(tmp_path: Path) -> None:
         "kubernetes.event: unknown key (known keys: enabled, events, kubeconfig, namespaces, resync_seconds)",
         "kubernetes.resync_seconds: must be a positive number, got 0",
     ]
+
+
+def test_a_repository_url_may_come_from_the_cluster() -> None:
+    credentials_only = {"git": {"repositories": [{"name": "flux-system/fleet", "token_file": "/t"}]}}
+    assert _errors(credentials_only) == ["git.repositories[0].url: is required (unless kubernetes.enabled)"]
+    config = parse_config({**credentials_only, "kubernetes": {"enabled": True}}, environ={})
+    assert config.git.repositories[0].url == ""

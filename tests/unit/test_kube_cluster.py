@@ -47,7 +47,7 @@ def _flux_api(monkeypatch: pytest.MonkeyPatch, kmock: kmock.KubernetesEmulator) 
 def kube_config(tmp_path: Path, url: str, **settings: object) -> KubernetesConfig:
     path = tmp_path / "kubeconfig"
     path.write_text(kubeconfig_text(url))
-    return KubernetesConfig(enabled=True, kubeconfig=path, **settings)  # type: ignore[arg-type]
+    return KubernetesConfig(enabled=True, kubeconfig=path, **settings)
 
 
 @asynccontextmanager
