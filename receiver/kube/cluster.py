@@ -17,6 +17,7 @@ import structlog
 from kubernetes_asyncio.client import CustomObjectsApi, EventsV1Api
 
 from receiver.config import KubernetesConfig
+from receiver.git import ObjectSource
 from receiver.journal import Journal
 from receiver.kube.client import api_client
 from receiver.kube.discovery import Discovery
@@ -69,14 +70,17 @@ class Cluster:
         ]
 
     async def handle(self, kind: FluxKind, change: str, obj: Mapping[str, Any]) -> None:
+        metadata = obj.get("metadata") or {}
+        namespace, name = str(metadata.get("namespace", "")), str(metadata.get("name", ""))
         if change == "DELETED":
-            metadata = obj.get("metadata") or {}
-            namespace, name = str(metadata.get("namespace", "")), str(metadata.get("name", ""))
             self.discovery.remove(kind, namespace, name)
             self.feed.forget(kind, namespace, name)
             return
         self.discovery.update(kind, obj)  # before the status: the worker may take the delivery at once
         if kind in STATUS_KINDS:
+            if isinstance(self.discovery.locate(kind.kind, namespace, name), ObjectSource):
+                # Its deploys will be correlated: count them from zero, so increase() sees the first.
+                self._metrics.track_object(kind.kind, namespace, name)
             await self.feed.observe(kind, obj)
 
     async def run(self) -> None:

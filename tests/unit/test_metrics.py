@@ -6,13 +6,27 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import kmock
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.journal.sqlite import SqliteJournal
+from receiver.kube import Cluster
+from receiver.kube.kinds import GIT_REPOSITORY, KUSTOMIZATION
 from receiver.metrics import Metrics
 from receiver.service import worker_service
 from tests.gitops import GitOpsRepo, git
+from tests.kube_cluster import (
+    controller_client,
+    create,
+    declare_flux_kinds,
+    eventually,
+    git_repository,
+    kustomization,
+    lowercase_watch_flag,
+)
 from tests.unit.conftest import Service, running
+from tests.unit.test_kube_cluster import kube_config, watching
 from tests.unit.test_worker import post, until_state, worker_config
 
 APPS = {"kind": "Kustomization", "namespace": "flux-system", "name": "apps"}
@@ -87,3 +101,30 @@ async def test_build_info_counts_one_replica(service: Service) -> None:
     samples = await scrape(service)
     [(labels, one)] = [(dict(k[1]), v) for k, v in samples.items() if k[0] == "fluxback_build_info"]
     assert one == 1 and labels["version"]
+
+
+async def test_flux_objects_the_cluster_traces_to_a_repository_count_deploys_from_zero(
+    tmp_path: Path, kmock: kmock.KubernetesEmulator, monkeypatch: pytest.MonkeyPatch, journal: SqliteJournal
+) -> None:
+    lowercase_watch_flag(monkeypatch)
+    declare_flux_kinds(kmock)
+    metrics = Metrics()
+    cluster = Cluster(kube_config(tmp_path, str(kmock.url)), journal, metrics)
+    async with controller_client(kmock) as flux, watching(cluster):
+        await create(flux, GIT_REPOSITORY, git_repository("flux-system", "https://git.example.com/fleet.git"))
+        await eventually(
+            lambda: cluster.discovery.locate("GitRepository", "flux-system", "flux-system") is not None
+        )
+        await create(flux, KUSTOMIZATION, kustomization("apps"))
+        await create(flux, KUSTOMIZATION, kustomization("orphan", source="gone"))
+        await eventually(
+            lambda: cluster.discovery.locate("Kustomization", "flux-system", "orphan") is not None
+        )
+
+    def deploys(name: str, outcome: str) -> float | None:
+        labels = {"kind": "Kustomization", "namespace": "flux-system", "name": name, "outcome": outcome}
+        return metrics.registry.get_sample_value("fluxback_deploys_total", labels)
+
+    assert deploys("apps", "success") == 0 and deploys("apps", "failure") == 0
+    # No repository, so no revision of it is ever correlated: no series, not a misleading zero.
+    assert deploys("orphan", "success") is None
