@@ -71,11 +71,11 @@ RECENT_COMMITS = 100
 """How far back a commit with the very same message counts as this change, already pushed."""
 
 
-class GitError(RuntimeError):
+class GitPushError(RuntimeError):
     """A git command failed; the message has the command (never credentials) and git's own words."""
 
 
-class PushRejected(GitError):
+class PushRejected(GitPushError):
     """Every push attempt was rejected because the branch moved; the message says how often."""
 
 
@@ -206,7 +206,7 @@ def commit_and_push(
         timeout: seconds any single git command may take.
 
     Raises:
-        GitError: a git command failed (clone, fetch, commit, push refused by the server).
+        GitPushError: a git command failed (clone, fetch, commit, push refused by the server).
         PushRejected: the branch moved before every one of `attempts` pushes.
         ValueError: the URL carries user info (other than an SSH user name), or `attempts` is below 1.
     """
@@ -358,13 +358,13 @@ def _commit_with_message(git: Callable[..., str], message: str) -> str | None:
 
 
 def _push(git: Callable[..., str], branch: str) -> str | None:
-    """Push HEAD to `branch`: None when done, git's words if the branch moved; GitError on other refusals."""
+    """Push HEAD to `branch`: None when done, git's words if the branch moved; GitPushError otherwise."""
     try:
         git("push", "--porcelain", "origin", f"HEAD:refs/heads/{branch}")
     except _PushFailed as failure:
         if failure.branch_moved:
             return str(failure)
-        raise GitError(str(failure)) from None
+        raise GitPushError(str(failure)) from None
     return None
 
 
@@ -379,7 +379,7 @@ _BRANCH_MOVED = (
 )
 
 
-class _PushFailed(GitError):
+class _PushFailed(GitPushError):
     def __init__(self, message: str, stdout: str) -> None:
         super().__init__(message)
         # `--porcelain` prints one line per ref: "!<TAB>HEAD:refs/heads/main<TAB>[rejected] (fetch first)".
@@ -404,13 +404,15 @@ def _run(
             check=False,
         )
     except subprocess.TimeoutExpired as error:
-        raise GitError(f"{shlex.join(command)} took longer than {timeout:.0f} s") from error
+        raise GitPushError(f"{shlex.join(command)} took longer than {timeout:.0f} s") from error
     except FileNotFoundError as error:
-        raise GitError("the git command line is not installed on this worker (it must be on PATH)") from error
+        raise GitPushError(
+            "the git command line is not installed on this worker (it must be on PATH)"
+        ) from error
     if done.returncode != 0:
         output = (done.stderr.strip() or done.stdout.strip())[-2000:]
         message = f"{shlex.join(command)} failed (exit {done.returncode}): {output}"
         if command[1:2] == ["push"]:
             raise _PushFailed(message, done.stdout)
-        raise GitError(message)
+        raise GitPushError(message)
     return done.stdout

@@ -20,8 +20,8 @@ from aiohttp import web
 
 from receiver.dags import (
     GitAuth,
-    GitError,
     GitIdentity,
+    GitPushError,
     PushRejected,
     PushResult,
     RevertCommit,
@@ -257,7 +257,7 @@ def test_a_push_refused_for_another_reason_is_not_retried(tmp_path: Path) -> Non
         count[0] += 1
         (tree / "apps/mine.yaml").write_text("mine: 1\n")
 
-    with pytest.raises(GitError, match="protected branch") as raised:
+    with pytest.raises(GitPushError, match="protected branch") as raised:
         commit_and_push(f"file://{remote}", change=change, message="Mine")
 
     assert not isinstance(raised.value, PushRejected)
@@ -465,7 +465,7 @@ async def test_the_https_token_reaches_git_only_through_a_private_file(
 
 
 async def test_a_wrong_token_fails_without_showing_it(https_remote: str) -> None:
-    with pytest.raises(GitError) as raised:
+    with pytest.raises(GitPushError) as raised:
         await asyncio.to_thread(
             commit_and_push,
             https_remote,
