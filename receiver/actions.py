@@ -16,11 +16,18 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from functools import partial
+from typing import Any, ClassVar, Literal
 
 import structlog
 
-from receiver.airflow import AirflowClient, AirflowClients, AirflowError, TaskInstance, TemporaryAirflowError
+from receiver.airflow import (
+    AirflowClient,
+    AirflowClients,
+    PermanentAirflowError,
+    TaskInstance,
+    TemporaryAirflowError,
+)
 from receiver.journal import ActionState, Journal
 from receiver.metrics import Metrics
 
@@ -29,6 +36,75 @@ log = structlog.get_logger(__name__)
 TERMINAL_TASK_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 DONE_STATES = frozenset({ActionState.DONE, ActionState.ALREADY})
 ASSET_KEY_FIELD = "fluxback_action"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MarkTask:
+    """Set the task of an authoring run to the deploy's outcome (every index when `map_index` is None)."""
+
+    kind: ClassVar[str] = "mark_task"
+    instance: str
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int | None
+    new_state: Literal["success", "failed"]
+    note: str
+
+    @property
+    def key(self) -> str:
+        index = "all" if self.map_index is None else str(self.map_index)
+        return f"mark:{self.instance}:{self.dag_id}:{self.run_id}:{self.task_id}:{index}"
+
+    @property
+    def target(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "dag_id": self.dag_id,
+            "run_id": self.run_id,
+            "task_id": self.task_id,
+            "map_index": self.map_index,
+            "new_state": self.new_state,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerDag:
+    """Create a DAG run whose deterministic id makes a repeat a 409."""
+
+    kind: ClassVar[str] = "trigger_dag"
+    instance: str
+    dag_id: str
+    dag_run_id: str
+    conf: Mapping[str, Any]
+    note: str
+
+    @property
+    def key(self) -> str:
+        return f"trigger:{self.instance}:{self.dag_id}:{self.dag_run_id}"
+
+    @property
+    def target(self) -> dict[str, Any]:
+        return {"instance": self.instance, "dag_id": self.dag_id, "dag_run_id": self.dag_run_id}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssetEvent:
+    """Post an asset event carrying `key`, by which a repeat finds the one already posted."""
+
+    kind: ClassVar[str] = "asset_event"
+    instance: str
+    uri: str
+    key: str
+    extra: Mapping[str, Any]
+
+    @property
+    def target(self) -> dict[str, Any]:
+        return {"instance": self.instance, "uri": self.uri}
+
+
+Action = MarkTask | TriggerDag | AssetEvent
+"""One thing to do in Airflow; `key` is its idempotency key, `kind` and `target` are recorded."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,114 +125,72 @@ class Actor:
         # Two objects whose paths overlap can report the same commit at once: one key, one caller.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
-    def _lock(self, key: str) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[key] = lock
-        return lock
+    async def perform(self, delivery_id: int, action: Action, received_at: float) -> Performed:
+        """Do `action` for the delivery unless its key is done already; `received_at` is the event's
+        arrival (epoch seconds), for the event-to-action metric.
 
-    async def mark_task(
-        self,
-        delivery_id: int,
-        *,
-        instance: str,
-        dag_id: str,
-        run_id: str,
-        task_id: str,
-        map_index: int | None,
-        new_state: Literal["success", "failed"],
-        note: str,
-        received_at: float,
-    ) -> Performed:
-        index = "all" if map_index is None else str(map_index)
-        key = f"mark:{instance}:{dag_id}:{run_id}:{task_id}:{index}"
-        target = {
-            "instance": instance,
-            "dag_id": dag_id,
-            "run_id": run_id,
-            "task_id": task_id,
-            "map_index": map_index,
-            "new_state": new_state,
-        }
+        Raises:
+            TemporaryAirflowError: Airflow could not be reached or failed; retrying may succeed.
+        """
+        match action:
+            case MarkTask():
+                perform = partial(self._mark_task, action)
+            case TriggerDag():
+                perform = partial(self._trigger_dag, action)
+            case AssetEvent():
+                perform = partial(self._asset_event, action)
+        return await self._once(delivery_id, action, perform, received_at)
 
-        async def perform(retrying: bool) -> Performed:
-            client = self._airflow.get(instance)
-            if map_index is None:  # a plain task, or every index of a mapped one
-                instances = await client.task_instances(dag_id, run_id, task_id)
-            else:
-                instances = [await client.get_task_instance(dag_id, run_id, task_id, map_index)]
-            outcomes = [await _mark_one(client, ti, new_state, note) for ti in instances]
-            changed = any(state is ActionState.DONE for state, _ in outcomes)
-            return Performed(
-                state=ActionState.DONE if changed else ActionState.ALREADY,
-                text="; ".join(text for _, text in outcomes),
-            )
+    async def _mark_task(self, action: MarkTask, retrying: bool) -> Performed:
+        client = self._airflow.get(action.instance)
+        if action.map_index is None:  # a plain task, or every index of a mapped one
+            instances = await client.task_instances(action.dag_id, action.run_id, action.task_id)
+        else:
+            instances = [
+                await client.get_task_instance(action.dag_id, action.run_id, action.task_id, action.map_index)
+            ]
+        outcomes = [await _mark_one(client, ti, action.new_state, action.note) for ti in instances]
+        changed = any(state is ActionState.DONE for state, _ in outcomes)
+        return Performed(
+            state=ActionState.DONE if changed else ActionState.ALREADY,
+            text="; ".join(text for _, text in outcomes),
+        )
 
-        return await self._once(delivery_id, key, "mark_task", target, perform, received_at)
+    async def _trigger_dag(self, action: TriggerDag, retrying: bool) -> Performed:
+        client = self._airflow.get(action.instance)
+        run = f"DAG run {action.dag_id}/{action.dag_run_id}"
+        if await client.trigger_dag_run(action.dag_id, action.dag_run_id, dict(action.conf), action.note):
+            return Performed(state=ActionState.DONE, text=f"{run} created")
+        return Performed(state=ActionState.ALREADY, text=f"{run} already exists")
 
-    async def trigger_dag(
-        self,
-        delivery_id: int,
-        *,
-        instance: str,
-        dag_id: str,
-        dag_run_id: str,
-        conf: Mapping[str, Any],
-        note: str,
-        received_at: float,
-    ) -> Performed:
-        key = f"trigger:{instance}:{dag_id}:{dag_run_id}"
-        target = {"instance": instance, "dag_id": dag_id, "dag_run_id": dag_run_id}
-
-        async def perform(retrying: bool) -> Performed:
-            created = await self._airflow.get(instance).trigger_dag_run(dag_id, dag_run_id, dict(conf), note)
-            if created:
-                return Performed(state=ActionState.DONE, text=f"DAG run {dag_id}/{dag_run_id} created")
-            return Performed(state=ActionState.ALREADY, text=f"DAG run {dag_id}/{dag_run_id} already exists")
-
-        return await self._once(delivery_id, key, "trigger_dag", target, perform, received_at)
-
-    async def asset_event(
-        self,
-        delivery_id: int,
-        *,
-        instance: str,
-        uri: str,
-        key: str,
-        extra: Mapping[str, Any],
-        received_at: float,
-    ) -> Performed:
-        target = {"instance": instance, "uri": uri}
-
-        async def perform(retrying: bool) -> Performed:
-            client = self._airflow.get(instance)
-            asset_id = await client.asset_id(uri)
-            if retrying:
-                # A previous attempt may have created the event and died before recording it.
-                found = await client.find_asset_event(asset_id, ASSET_KEY_FIELD, key)
-                if found is not None:
-                    return Performed(
-                        state=ActionState.ALREADY, text=f"asset event {found} for {uri} already created"
-                    )
-            event_id = await client.create_asset_event(asset_id, {**extra, ASSET_KEY_FIELD: key})
-            return Performed(state=ActionState.DONE, text=f"asset event {event_id} created for {uri}")
-
-        return await self._once(delivery_id, key, "asset_event", target, perform, received_at)
+    async def _asset_event(self, action: AssetEvent, retrying: bool) -> Performed:
+        client = self._airflow.get(action.instance)
+        asset_id = await client.asset_id(action.uri)
+        if retrying:
+            # A previous attempt may have created the event and died before recording it.
+            found = await client.find_asset_event(asset_id, ASSET_KEY_FIELD, action.key)
+            if found is not None:
+                return Performed(
+                    state=ActionState.ALREADY, text=f"asset event {found} for {action.uri} already created"
+                )
+        event_id = await client.create_asset_event(asset_id, {**action.extra, ASSET_KEY_FIELD: action.key})
+        return Performed(state=ActionState.DONE, text=f"asset event {event_id} created for {action.uri}")
 
     async def _once(
         self,
         delivery_id: int,
-        key: str,
-        kind: str,
-        target: Mapping[str, Any],
+        action: Action,
         perform: Callable[[bool], Awaitable[Performed]],
         received_at: float,
     ) -> Performed:
         """Run `perform` unless the key is done; `perform(retrying)` is told when an earlier
         attempt got as far as starting, so it can check before repeating itself."""
-        async with self._lock(key):
-            record, created = await self._journal.begin_action(delivery_id, key, kind, target)
+        key, kind = action.key, action.kind
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        async with lock:
+            record, created = await self._journal.begin_action(delivery_id, key, kind, action.target)
             if not created and record.state in DONE_STATES:
                 result = Performed(
                     state=ActionState.ALREADY,
@@ -170,7 +204,7 @@ class Actor:
                 await self._journal.finish_action(key, ActionState.TEMPORARY_ERROR, error.reason)
                 self._metrics.actions.labels(kind=kind, outcome="temporary_error").inc()
                 raise
-            except AirflowError as error:
+            except PermanentAirflowError as error:
                 result = Performed(state=ActionState.PERMANENT_ERROR, text=error.reason)
             await self._journal.finish_action(key, result.state, result.text)
             await self._journal.add_decision(delivery_id, result.text, action=key, state=result.state.value)

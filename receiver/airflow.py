@@ -10,8 +10,8 @@ are still built with the client's pydantic models (`PatchTaskInstanceBody`,
 refuse with 422 fails here, before it is sent.
 
 Errors are classified for the worker, which owns retries and backoff:
-`TemporaryAirflowError` (unreachable, timeout, 429, 5xx) is worth retrying,
-`PermanentAirflowError` (other 4xx, bad credentials) is not. The client itself
+`TemporaryAirflowError` (unreachable, timeout, 429, 5xx) is a `TemporaryError` worth
+retrying, `PermanentAirflowError` (other 4xx, bad credentials) a `PermanentError`. The client itself
 retries only once, after minting a fresh token when the server refused the old one.
 Credentials and tokens never appear in exception messages.
 """
@@ -39,6 +39,7 @@ from airflow_client.client import (
 )
 
 from receiver.config import AirflowConfig, AirflowInstance
+from receiver.errors import PermanentError, TemporaryError
 from receiver.secrets import FileSecret, SecretUnavailable
 
 RequestObserver = Callable[[str, str, str, float], None]
@@ -64,23 +65,27 @@ _PATTERN_SPECIALS = frozenset("%_\\|")
 class AirflowError(Exception):
     """A call to Airflow failed; `reason` is meant for operators, `status` is the HTTP code if any."""
 
-    def __init__(self, reason: str, status: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    reason: str
+    status: int | None
+
+
+class TemporaryAirflowError(TemporaryError, AirflowError):
+    """Worth retrying later: Airflow unreachable, timed out, overloaded (429) or failing (5xx).
+
+    `retry_after` is what the server asked for in `Retry-After`, if it said.
+    """
+
+    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(reason, retry_after=retry_after)
         self.status = status
 
 
-class TemporaryAirflowError(AirflowError):
-    """Worth retrying later: Airflow unreachable, timed out, overloaded (429) or failing (5xx)."""
-
-    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None) -> None:
-        super().__init__(reason, status)
-        self.retry_after = retry_after
-        """Seconds the server asked us to wait (`Retry-After`), if it said."""
-
-
-class PermanentAirflowError(AirflowError):
+class PermanentAirflowError(PermanentError, AirflowError):
     """Retrying the same call cannot succeed: fix the configuration, the DAG or the trailer first."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 @dataclass(frozen=True)

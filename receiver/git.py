@@ -54,6 +54,7 @@ import structlog
 from pygit2.enums import ObjectType, SortMode
 
 from receiver.config import GitConfig, GitRepository
+from receiver.errors import PermanentError, TemporaryError
 from receiver.secrets import FileSecret, SecretUnavailable
 from receiver.trailers import Trailer, commit_trailers
 
@@ -74,23 +75,25 @@ _CREDENTIAL_HELPER = (
 log = structlog.get_logger(__name__)
 
 
-class GitError(Exception):
-    """A git problem retrying cannot fix, unless it is a GitTemporaryError."""
+class MirrorError(Exception):
+    """A problem of the service's git mirrors; each is a `TemporaryError` or a `PermanentError`."""
+
+    reason: str
 
 
-class GitTemporaryError(GitError):
+class TemporaryMirrorError(TemporaryError, MirrorError):
     """Fetching failed (network, timeout, authentication): retry later. Names the repository, no secret."""
 
 
-class RevisionNotFound(GitError):
+class RevisionNotFound(PermanentError, MirrorError):
     """The repository has no such commit, even after fetching."""
 
 
-class AmbiguousRevision(GitError):
+class AmbiguousRevision(PermanentError, MirrorError):
     """A short SHA matches more than one object in the repository."""
 
 
-class GitConfigError(GitError):
+class GitConfigError(PermanentError, MirrorError):
     """The git configuration cannot serve the request (unknown repository)."""
 
 
@@ -215,7 +218,7 @@ class Mirror:
         Raises:
             RevisionNotFound: not a SHA, or no such commit after a fetch.
             AmbiguousRevision: the abbreviation matches more than one object.
-            GitTemporaryError: the fetch failed.
+            TemporaryMirrorError: the fetch failed.
         """
         repo = await self._open()
         return await self._resolve(repo, rev, self._fetches_started)
@@ -229,7 +232,7 @@ class Mirror:
         Raises:
             RevisionNotFound: `revision` is unknown after a fetch.
             AmbiguousRevision: an abbreviated SHA matches more than one object.
-            GitTemporaryError: a needed fetch failed.
+            TemporaryMirrorError: a needed fetch failed.
         """
         repo = await self._open()
         seen = self._fetches_started  # one fetch that starts after this serves both revisions
@@ -399,7 +402,7 @@ class Mirror:
         """Run one `git fetch` of every ref, without blobs, within the fetch timeout.
 
         Raises:
-            GitTemporaryError: git failed or timed out; the message has git's last words, scrubbed.
+            TemporaryMirrorError: git failed or timed out; the message has git's last words, scrubbed.
         """
         env, secrets = await asyncio.to_thread(self._environment)
         started = time.monotonic()
@@ -434,16 +437,16 @@ class Mirror:
             "git.fetched", repository=self.name, action=action, seconds=round(time.monotonic() - started, 3)
         )
 
-    def _failed(self, action: str, detail: str, started: float) -> GitTemporaryError:
+    def _failed(self, action: str, detail: str, started: float) -> TemporaryMirrorError:
         seconds = round(time.monotonic() - started, 3)
         log.warning("git.fetch_failed", repository=self.name, action=action, seconds=seconds, error=detail)
-        return GitTemporaryError(f"{self.name}: git {action} failed: {detail}")
+        return TemporaryMirrorError(f"{self.name}: git {action} failed: {detail}")
 
     def _environment(self) -> tuple[dict[str, str], list[str]]:
         """git's environment for this repository's fetches, and the secret values to scrub from its output.
 
         Raises:
-            GitTemporaryError: the token file cannot be read (the message names the file only).
+            TemporaryMirrorError: the token file cannot be read (the message names the file only).
         """
         env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")}
         env |= {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "LC_ALL": "C"}
@@ -454,9 +457,9 @@ class Mirror:
             try:
                 token = self._token.read_text()
             except SecretUnavailable as error:
-                raise GitTemporaryError(f"{self.name}: {error}") from None
+                raise TemporaryMirrorError(f"{self.name}: {error}") from None
             if not token:
-                raise GitTemporaryError(f"{self.name}: token file {self._token.path} is empty")
+                raise TemporaryMirrorError(f"{self.name}: token file {self._token.path} is empty")
             secrets.append(token)
             parts = urlsplit(repository.url)
             origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
@@ -553,7 +556,7 @@ class Mirrors:
         Returns why not, in an operator's words, for objects that cannot be mapped to a repository.
 
         Raises:
-            GitTemporaryError: the Kubernetes API has not been listed yet; ask again later.
+            TemporaryMirrorError: the Kubernetes API has not been listed yet; ask again later.
         """
         for obj in self._objects:
             if (obj.kind, obj.namespace, obj.name) == (kind, namespace, name):
@@ -561,7 +564,9 @@ class Mirrors:
         key = f"{kind}/{namespace}/{name}"
         if self._locator is not None:
             if not self._locator.ready:
-                raise GitTemporaryError(f"the Flux objects are not listed from Kubernetes yet; {key} waits")
+                raise TemporaryMirrorError(
+                    f"the Flux objects are not listed from Kubernetes yet; {key} waits"
+                )
             located = self._locator.locate(kind, namespace, name)
             if isinstance(located, str):
                 return located

@@ -9,7 +9,8 @@ processing of accepted events.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,9 +24,12 @@ from receiver.git import Mirrors, ObjectLocator
 from receiver.journal import Journal
 from receiver.kube import Cluster
 from receiver.metrics import Metrics
+from receiver.pipeline import Observer, Pipeline
 from receiver.readiness import ReadinessChecks
+from receiver.resolve import Resolver
 from receiver.retention import prune_forever
-from receiver.worker import DeliveryProcessor, Worker
+from receiver.rules import Policy
+from receiver.worker import Worker
 
 log = structlog.get_logger(__name__)
 
@@ -55,12 +59,21 @@ async def _running(name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> A
 
 @asynccontextmanager
 async def worker_service(
-    config: Config, journal: Journal, metrics: Metrics, locator: ObjectLocator | None = None
+    config: Config,
+    journal: Journal,
+    metrics: Metrics,
+    *,
+    locator: ObjectLocator | None = None,
+    observers: Sequence[Observer] = (),
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> AsyncIterator[None]:
     """The worker with its git mirrors and Airflow clients, closed when it stops.
 
     Args:
         locator: what the cluster says about each Flux object's repository (Kubernetes enabled).
+        observers: told of every action, refusal and dead letter (receiver/pipeline.py).
+        clock: the worker's time in epoch seconds, and `sleep` its way to wait (tests pass faster ones).
     """
     airflow = AirflowClients.from_config(
         config.airflow,
@@ -73,14 +86,23 @@ async def worker_service(
         on_fetch=lambda repository, result: metrics.git_fetches.labels(repository, result).inc(),
         locator=locator,
     )
-    processor = DeliveryProcessor(
-        config=config,
+    resolver = Resolver(
         journal=journal,
         mirrors=mirrors,
+        policy=Policy(config.policy),
+        default_instance=config.airflow.default_instance,
+    )
+    pipeline = Pipeline(
+        config=config,
+        journal=journal,
+        resolver=resolver,
         actor=Actor(journal, airflow, metrics),
         metrics=metrics,
+        observers=observers,
     )
-    worker = Worker(journal=journal, processor=processor, config=config.worker, metrics=metrics)
+    worker = Worker(
+        journal=journal, pipeline=pipeline, config=config.worker, metrics=metrics, clock=clock, sleep=sleep
+    )
     for obj in config.git.objects:
         metrics.track_object(obj.kind, obj.namespace, obj.name)
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.actions import ASSET_KEY_FIELD, Actor
+from receiver.actions import ASSET_KEY_FIELD, Actor, AssetEvent
 from receiver.airflow import AirflowClient, AirflowClients
 from receiver.config import AirflowInstance
 from receiver.journal import ActionState, NewDelivery
@@ -69,8 +69,8 @@ async def test_an_asset_event_sent_before_a_crash_is_found_not_sent_again(
     await journal.begin_action(delivery_id, key, "asset_event", {"uri": ASSET})
     sent = airflow.api("POST", "/assets/events", {"asset_id": asset_id, "extra": {ASSET_KEY_FIELD: key}})
 
-    performed = await actor.asset_event(
-        delivery_id, instance="default", uri=ASSET, key=key, extra={"revision": "r"}, received_at=0.0
+    performed = await actor.perform(
+        delivery_id, AssetEvent(instance="default", uri=ASSET, key=key, extra={"revision": "r"}), 0.0
     )
 
     assert performed.state is ActionState.ALREADY
@@ -86,8 +86,8 @@ async def test_an_asset_event_that_never_left_is_sent_on_recovery(
     key = f"asset:default:{ASSET}:{uuid.uuid4().hex}:success"
     await journal.begin_action(delivery_id, key, "asset_event", {"uri": ASSET})  # died before the call
 
-    performed = await actor.asset_event(
-        delivery_id, instance="default", uri=ASSET, key=key, extra={"revision": "r"}, received_at=0.0
+    performed = await actor.perform(
+        delivery_id, AssetEvent(instance="default", uri=ASSET, key=key, extra={"revision": "r"}), 0.0
     )
 
     assert performed.state is ActionState.DONE

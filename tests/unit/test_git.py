@@ -23,11 +23,11 @@ from receiver.config import GitConfig, GitObject, GitRepository
 from receiver.git import (
     AmbiguousRevision,
     GitConfigError,
-    GitError,
-    GitTemporaryError,
     Mirror,
+    MirrorError,
     Mirrors,
     RevisionNotFound,
+    TemporaryMirrorError,
 )
 from receiver.trailers import Trailer
 
@@ -174,7 +174,7 @@ async def test_unknown_after_fetch_is_revision_not_found(remote: Remote, tmp_pat
     missing = "0123456789abcdef" * 2 + "01234567"
     with pytest.raises(RevisionNotFound) as caught:
         await mirror.resolve(missing)
-    assert not isinstance(caught.value, GitTemporaryError)
+    assert not isinstance(caught.value, TemporaryMirrorError)
     assert "flux-system/fleet" in str(caught.value)
     assert missing in str(caught.value)
     assert mirror.fetch_count == 1
@@ -214,7 +214,7 @@ async def test_ambiguous_short_sha_has_its_own_error(remote: Remote, tmp_path: P
     mirror = make_mirror(remote, tmp_path)
     with pytest.raises(AmbiguousRevision, match=f"{shared} matches more than one object") as caught:
         await mirror.resolve(shared)
-    assert not isinstance(caught.value, GitTemporaryError)
+    assert not isinstance(caught.value, TemporaryMirrorError)
     assert await mirror.resolve(shas[0][:12]) == shas[0]
 
 
@@ -430,9 +430,9 @@ async def test_a_mirror_marked_by_an_older_git_opens(remote: Remote, tmp_path: P
 async def test_fetch_failure_is_temporary_and_names_the_repository(tmp_path: Path) -> None:
     repository = GitRepository(name="team/fleet", url=f"file://{tmp_path}/does-not-exist.git")
     mirror = Mirror(repository, tmp_path / "cache", 20.0)
-    with pytest.raises(GitTemporaryError, match="team/fleet: git clone failed") as caught:
+    with pytest.raises(TemporaryMirrorError, match="team/fleet: git clone failed") as caught:
         await mirror.resolve("a" * 40)
-    assert isinstance(caught.value, GitTemporaryError)
+    assert isinstance(caught.value, TemporaryMirrorError)
     assert not mirror.path.exists()
     assert list((tmp_path / "cache").iterdir()) == []
 
@@ -445,7 +445,7 @@ async def test_url_credentials_never_reach_messages_or_logs(tmp_path: Path) -> N
         name="team/fleet", url=f"http://user:s3cr3t-in-url@127.0.0.1:{port}/x.git"
     )
     mirror = Mirror(repository, tmp_path / "cache", 20.0)
-    with structlog.testing.capture_logs() as logs, pytest.raises(GitTemporaryError) as caught:
+    with structlog.testing.capture_logs() as logs, pytest.raises(TemporaryMirrorError) as caught:
         await mirror.resolve("a" * 40)
     assert "team/fleet" in str(caught.value)
     assert "s3cr3t" not in str(caught.value)
@@ -471,7 +471,9 @@ async def test_fetch_timeout_kills_git(tmp_path: Path) -> None:
         repository = GitRepository(name="team/fleet", url=f"http://127.0.0.1:{port}/x.git")
         mirror = Mirror(repository, tmp_path / "cache", 0.5)
         started = time.monotonic()
-        with pytest.raises(GitTemporaryError, match=r"team/fleet: git clone failed: timed out after 0.5 s"):
+        with pytest.raises(
+            TemporaryMirrorError, match=r"team/fleet: git clone failed: timed out after 0.5 s"
+        ):
             await mirror.resolve("a" * 40)
         assert time.monotonic() - started < 5
         assert processes_mentioning(f"127.0.0.1:{port}") == []
@@ -637,7 +639,7 @@ async def test_wrong_token_fails_cleanly_and_a_rotated_one_is_used(
         username="x-access-token",
     )
     mirror = Mirror(repository, tmp_path / "cache", 20.0)
-    with structlog.testing.capture_logs() as logs, pytest.raises(GitTemporaryError) as caught:
+    with structlog.testing.capture_logs() as logs, pytest.raises(TemporaryMirrorError) as caught:
         await mirror.resolve(sha)
     message = str(caught.value)
     assert message.startswith("team/fleet: git clone failed:")
@@ -655,7 +657,9 @@ async def test_missing_token_file_is_a_temporary_error_naming_the_file(tmp_path:
         name="team/fleet", url="https://git.example.com/fleet.git", token_file=tmp_path / "absent"
     )
     mirror = Mirror(repository, tmp_path / "cache", 20.0)
-    with pytest.raises(GitTemporaryError, match=f"team/fleet: cannot read secret file {tmp_path / 'absent'}"):
+    with pytest.raises(
+        TemporaryMirrorError, match=f"team/fleet: cannot read secret file {tmp_path / 'absent'}"
+    ):
         await mirror.resolve("a" * 40)
 
 
@@ -693,7 +697,7 @@ async def test_ssh_key_and_known_hosts_reach_ssh(tmp_path: Path, ssh_key: Path) 
         ssh_known_hosts_file=known_hosts,
     )
     mirror = Mirror(repository, tmp_path / "cache", 20.0)
-    with pytest.raises(GitTemporaryError, match=f"port {port}: Connection refused"):
+    with pytest.raises(TemporaryMirrorError, match=f"port {port}: Connection refused"):
         await mirror.resolve("a" * 40)
 
 
@@ -732,5 +736,5 @@ def test_mirrors_map_flux_objects_to_repositories(tmp_path: Path) -> None:
         assert mirrors.for_object(*key.split("/")) == unmapped(key)
     with pytest.raises(GitConfigError, match=r"no repository 'nope/nope' in git\.repositories") as caught:
         mirrors.get("nope/nope")
-    assert isinstance(caught.value, GitError)
-    assert not isinstance(caught.value, GitTemporaryError)
+    assert isinstance(caught.value, MirrorError)
+    assert not isinstance(caught.value, TemporaryMirrorError)

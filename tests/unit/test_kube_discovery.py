@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from receiver.config import GitConfig, GitObject, GitRepository
-from receiver.git import GitTemporaryError, Mirrors, ObjectSource
+from receiver.git import Mirrors, ObjectSource, TemporaryMirrorError
 from receiver.kube.discovery import Discovery
 from receiver.kube.kinds import GIT_REPOSITORY, HELM_RELEASE, KUSTOMIZATION, WATCHED
 from tests.kube_cluster import git_repository, helm_release, kustomization
@@ -101,7 +101,7 @@ def test_mirrors_take_the_url_from_the_cluster_and_credentials_from_the_config(t
         ),
     )
     mirrors = Mirrors(config, locator=discovery)
-    with pytest.raises(GitTemporaryError, match="not listed from Kubernetes yet"):
+    with pytest.raises(TemporaryMirrorError, match="not listed from Kubernetes yet"):
         mirrors.for_object("Kustomization", "flux-system", "apps")
     for kind in WATCHED:
         discovery.listed(kind)

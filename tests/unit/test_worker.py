@@ -7,16 +7,30 @@ import asyncio
 import random
 import re
 import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
+
+from receiver.actions import Action, Actor, Performed
+from receiver.airflow import AirflowClients
+from receiver.app import Background
 from receiver.config import Config, WorkerConfig
-from receiver.journal import DeliveryState, JournalUnavailable
+from receiver.errors import PermanentError
+from receiver.git import Mirrors
+from receiver.journal import ActionState, Correlation, Delivery, DeliveryState, Journal, JournalUnavailable
 from receiver.journal.sqlite import SqliteJournal
 from receiver.metrics import Metrics
+from receiver.pipeline import Observer, Pipeline
+from receiver.plan import trigger_run_id
+from receiver.resolve import Resolution, Resolver
+from receiver.rules import EventFacts, Policy
 from receiver.service import worker_service
-from receiver.worker import retry_delay, trigger_run_id
+from receiver.worker import Worker, retry_delay
 from tests.flux_replay import event_body
 from tests.gitops import GitOpsRepo, ssh_signing_key
 from tests.unit.conftest import Service, make_config, running, write_secret
@@ -63,9 +77,64 @@ def worker_config(
             }
         },
         policy=[{"match": {"name": "apps"}, "dags": ["deploy"]}],
-        worker={"poll_interval_seconds": 0.05, "retry_initial_seconds": 0.05, "retry_max_seconds": 0.1}
-        | worker,
+        worker=worker,
     )
+
+
+class FastClock:
+    """The worker's time, running SPEEDUP times faster than the wall clock while it waits.
+
+    Retry delays keep their real size (5 s, then 10 s, ...) and become due after the idle
+    polls that cover them, without a test waiting that long.
+    """
+
+    SPEEDUP = 200.0
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(seconds / self.SPEEDUP)
+
+
+def fast_worker(
+    config: Config, journal: Journal, metrics: Metrics, observers: Sequence[Observer] = ()
+) -> Background:
+    clock = FastClock()
+    return worker_service(config, journal, metrics, observers=observers, clock=clock.time, sleep=clock.sleep)
+
+
+@dataclass
+class RecordingObserver:
+    """Writes down what the pipeline tells its observers."""
+
+    seen: list[tuple[str, ...]] = field(default_factory=list)
+
+    async def performed(self, delivery: Delivery, action: Action, result: Performed) -> None:
+        self.seen.append(("performed", action.key, result.state.value))
+
+    async def refused(self, delivery: Delivery, correlation: Correlation) -> None:
+        self.seen.append(("refused", correlation.commit, correlation.verdict))
+
+    async def dead(self, delivery: Delivery, reason: str) -> None:
+        self.seen.append(("dead", str(delivery.id), reason))
+
+
+class BrokenObserver:
+    """An observer with a bug in every method."""
+
+    async def performed(self, delivery: Delivery, action: Action, result: Performed) -> None:
+        raise RuntimeError("observer bug")
+
+    async def refused(self, delivery: Delivery, correlation: Correlation) -> None:
+        raise RuntimeError("observer bug")
+
+    async def dead(self, delivery: Delivery, reason: str) -> None:
+        raise RuntimeError("observer bug")
 
 
 def dead_letters(metrics: Metrics) -> float | None:
@@ -80,6 +149,14 @@ async def until_state(service: Service, delivery_id: int, *states: str) -> dict[
             return dict(delivery)
         await asyncio.sleep(0.05)
     raise AssertionError(f"delivery {delivery_id} stayed {delivery['state']}: {delivery}")
+
+
+async def until(check: Callable[[], bool]) -> None:
+    for _ in range(200):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition did not come true within 2 s")
 
 
 async def post(service: Service, sha: str | None, **event: Any) -> int:
@@ -119,22 +196,27 @@ async def test_airflow_down_retries_then_dead_letters_then_replays(
     sha = repo.commit({"apps/a.yaml": "a: 1\n"}, "deploy", trailers)
     config = worker_config(tmp_path, repo, max_attempts=3)
     metrics = Metrics()
+    observer = RecordingObserver()
     async with running(
-        config, journal, metrics=metrics, background=[worker_service(config, journal, metrics)]
+        config, journal, metrics=metrics, background=[fast_worker(config, journal, metrics, [observer])]
     ) as service:
         delivery_id = await post(service, sha)
         dead = await until_state(service, delivery_id, "dead")
         assert dead["attempts"] == 3
         texts = [d["text"] for d in dead["decisions"]]
-        assert sum("temporary problem" in t for t in texts) == 2
+        waits = [int(wait) for text in texts for wait in re.findall(r"retry in (\d+)s", text)]
+        assert len(waits) == 2 and 2 <= waits[0] <= 5 <= waits[1] <= 10  # the configured backoff
         assert "dead letter after 3 attempt(s)" in texts[-1]
         assert dead["correlations"][0]["verdict"] == "authored by deploy run r1"
+        await until(lambda: len(observer.seen) == 1)  # told last, after the state is written
+        assert observer.seen == [("dead", str(delivery_id), dead["last_error"])]
         assert dead_letters(metrics) == 1
 
         replayed = await journal.replay([delivery_id], datetime.now(UTC))
         assert replayed == [delivery_id]
         again = await until_state(service, delivery_id, "dead")
         assert "replay requested by an operator" in " ".join(d["text"] for d in again["decisions"])
+        await until(lambda: len(observer.seen) == 2)
         assert dead_letters(metrics) == 2
 
 
@@ -144,7 +226,7 @@ async def test_decisions_for_events_with_nothing_to_do(tmp_path: Path, journal: 
     config = worker_config(tmp_path, repo)
     metrics = Metrics()
     async with running(
-        config, journal, metrics=metrics, background=[worker_service(config, journal, metrics)]
+        config, journal, metrics=metrics, background=[fast_worker(config, journal, metrics)]
     ) as service:
         progress = await post(service, plain, reason="Progressing", message="Deployment/a/b configured")
         unmapped = await post(service, plain, name="other")
@@ -175,7 +257,7 @@ async def test_trailers_of_commits_without_an_accepted_signature_are_ignored(
     config = worker_config(tmp_path, repo, allowed_signers=tmp_path / "allowed_signers")
     metrics = Metrics()
     async with running(
-        config, journal, metrics=metrics, background=[worker_service(config, journal, metrics)]
+        config, journal, metrics=metrics, background=[fast_worker(config, journal, metrics)]
     ) as service:
         unsigned = repo.commit({"apps/a.yaml": "a: 1\n"}, "forged deploy", trailers)
         refused = await until_state(service, await post(service, unsigned), "done")
@@ -220,7 +302,7 @@ async def test_an_outcome_the_journal_could_not_write_is_taken_up_again(tmp_path
     metrics = Metrics()
     try:
         async with running(
-            config, journal, metrics=metrics, background=[worker_service(config, journal, metrics)]
+            config, journal, metrics=metrics, background=[fast_worker(config, journal, metrics)]
         ) as service:
             first = await post(service, sha)
             done = await until_state(service, first, "done")
@@ -249,10 +331,93 @@ async def test_a_metadata_commit_outside_the_applied_revision_is_not_trusted(
     config = worker_config(tmp_path, repo)
     metrics = Metrics()
     async with running(
-        config, journal, metrics=metrics, background=[worker_service(config, journal, metrics)]
+        config, journal, metrics=metrics, background=[fast_worker(config, journal, metrics)]
     ) as service:
         delivery_id = await post(service, applied, metadata={"commit": side})
         delivery = await until_state(service, delivery_id, "done")
     texts = [d["text"] for d in delivery["decisions"]]
     assert any(f"metadata commit {side[:12]} is not part of the applied revision" in t for t in texts)
     assert [c["commit"] for c in delivery["correlations"]] == [applied]
+
+
+async def test_observers_are_told_each_action_and_refusal_and_cannot_fail_a_delivery(
+    tmp_path: Path, journal: SqliteJournal
+) -> None:
+    repo = GitOpsRepo(tmp_path / "git")
+    base = repo.commit({"apps/a.yaml": "a: 1\n"}, "base")
+    repo.commit(
+        {"apps/a.yaml": "a: 2\n"},
+        "deploy",
+        {"Airflow-Dag-Id": "deploy", "Airflow-Run-Id": "r1", "Airflow-Task-Id": "wait"},
+    )
+    sneaky = repo.commit(
+        {"apps/b.yaml": "b: 1\n"}, "sneaky", {"Airflow-Dag-Id": "other", "Airflow-Run-Id": "r2"}
+    )
+    config = worker_config(tmp_path, repo)
+    metrics = Metrics()
+    observer = RecordingObserver()
+    background = fast_worker(config, journal, metrics, [BrokenObserver(), observer])
+    async with running(config, journal, metrics=metrics, background=[background]) as service:
+        first = await post(service, base)
+        await until_state(service, first, "done")
+        # Another delivery marked the task already, so this one finds it done without calling Airflow.
+        key = "mark:default:deploy:r1:wait:all"
+        await journal.begin_action(first, key, "mark_task", {"dag_id": "deploy"})
+        await journal.finish_action(key, ActionState.DONE, "task wait of deploy run r1: marked success")
+        with structlog.testing.capture_logs() as logs:
+            delivery = await until_state(service, await post(service, sneaky), "done")
+
+    verdict = "DAG 'other' (instance 'default') not allowed for Kustomization/flux-system/apps by the policy"
+    assert observer.seen == [("refused", sneaky, verdict), ("performed", key, "already")]
+    assert f"already done by delivery {first}" in " | ".join(d["text"] for d in delivery["decisions"])
+    assert (await journal.object_state("Kustomization/flux-system/apps")).last_applied == sneaky
+    failures = [e for e in logs if e["event"] == "pipeline.observer_failed"]
+    assert [e["observer"] for e in failures] == ["BrokenObserver", "BrokenObserver"]
+
+
+class RepositoryGone(Resolver):
+    """A resolver that finds the delivery can never be resolved."""
+
+    async def resolve(self, delivery: Delivery, facts: EventFacts) -> Resolution:
+        raise PermanentError("repository flux-system/flux-system was deleted")
+
+
+async def test_a_permanent_error_makes_a_dead_letter_at_once(tmp_path: Path, journal: SqliteJournal) -> None:
+    repo = GitOpsRepo(tmp_path / "git")
+    config = worker_config(tmp_path, repo)
+    metrics = Metrics()
+    observer = RecordingObserver()
+    airflow = AirflowClients.from_config(config.airflow)
+    pipeline = Pipeline(
+        config=config,
+        journal=journal,
+        resolver=RepositoryGone(
+            journal=journal, mirrors=Mirrors(config.git), policy=Policy(()), default_instance="default"
+        ),
+        actor=Actor(journal, airflow, metrics),
+        metrics=metrics,
+        observers=[observer],
+    )
+    clock = FastClock()
+    worker = Worker(
+        journal=journal,
+        pipeline=pipeline,
+        config=config.worker,
+        metrics=metrics,
+        clock=clock.time,
+        sleep=clock.sleep,
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        async with running(config, journal, metrics=metrics) as service:
+            delivery_id = await post(service, repo.commit({"apps/a.yaml": "a: 1\n"}, "plain"))
+            dead = await until_state(service, delivery_id, "dead")
+            await until(lambda: bool(observer.seen))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await airflow.close()
+    assert dead["attempts"] == 1
+    assert dead["last_error"] == "repository flux-system/flux-system was deleted"
+    assert dead_letters(metrics) == 1
+    assert observer.seen == [("dead", str(delivery_id), "repository flux-system/flux-system was deleted")]
