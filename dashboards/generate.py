@@ -22,6 +22,7 @@ from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
     DataSourceRef,
     DataTransformerConfig,
+    DynamicConfigValue,
     Threshold,
     ThresholdsMode,
     VariableRefresh,
@@ -309,21 +310,22 @@ def deploys() -> dashboard.Dashboard:
         .height(9)
     )
     columns = {
-        "A": ("Deploys", object_deploys("$__range", "success")),
-        "B": ("Failures", object_deploys("$__range", "failure")),
-        "C": ("Change failure rate", change_failure_rate("$__range")),
-        "D": ("Lead time p50", object_lead_time(0.5, "$__range")),
-        "E": ("Lead time p90", object_lead_time(0.9, "$__range")),
+        "A": ("Deploys", object_deploys("$__range", "success"), "short"),
+        "B": ("Failures", object_deploys("$__range", "failure"), "short"),
+        "C": ("Change failure rate", change_failure_rate("$__range"), "percentunit"),
+        "D": ("Lead time p50", object_lead_time(0.5, "$__range"), "s"),
+        "E": ("Lead time p90", object_lead_time(0.9, "$__range"), "s"),
     }
-    for ref, (_, expr) in columns.items():
+    for ref, (title, expr, unit) in columns.items():
         summary.with_target(query(expr, ref=ref).instant().format(PromQueryFormat.TABLE))
+        summary.override_by_name(title, [DynamicConfigValue(id_val="unit", value=unit)])
     summary.with_transformation(DataTransformerConfig(id_val="merge", options={}))
     summary.with_transformation(
         DataTransformerConfig(
             id_val="organize",
             options={
                 "excludeByName": {"Time": True},
-                "renameByName": {f"Value #{ref}": title for ref, (title, _) in columns.items()},
+                "renameByName": {f"Value #{ref}": title for ref, (title, _, _) in columns.items()},
             },
         )
     )
