@@ -16,13 +16,12 @@ ref, so any branch, tag or pull-request ref Flux follows is there), then filled 
 `git fetch` that later brings new commits: one fetch path, and the URL is not on our command
 line. (git hands it to its remote helper in argv, one more reason a URL must not carry a password.)
 
-The token never reaches a command line, an environment variable, a log line or an exception:
-- HTTPS token (`token_file`): git asks a credential helper, given to git through the
-  `GIT_CONFIG_*` environment (not argv) and limited to the repository's scheme://host[:port]; the
-  helper is shell built-ins only, reading the file itself, so the token goes from the file
-  through a pipe to git. Other credential helpers are switched off for that fetch so none can
-  store the token. `FileSecret` checks the file first (a clear error naming the file) and supplies
-  the value to scrub from git's messages.
+The token never reaches a command line, an environment variable, a log line or an exception;
+`receiver.git_credentials` (shared with the DAG side) builds git's environment:
+- HTTPS token (`token_file`): a credential helper of shell built-ins reads the file and answers
+  the repository's scheme://host[:port] only; no other helper can store the token.
+  `FileSecret` checks the file first (a clear error naming the file) and supplies the value to
+  scrub from git's messages.
 - SSH key (`ssh_key_file`, optional `ssh_known_hosts_file`): `GIT_SSH_COMMAND` names the files;
   without a known_hosts file the first host key seen is trusted and kept in the cache directory.
 All inherited `GIT_*` variables are dropped, so the caller's environment cannot redirect git.
@@ -36,7 +35,6 @@ import contextlib
 import os
 import posixpath
 import re
-import shlex
 import shutil
 import signal
 import tempfile
@@ -47,7 +45,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import pygit2
 import structlog
@@ -55,6 +53,7 @@ from pygit2.enums import ObjectType, SortMode
 
 from receiver.config import GitConfig, GitRepository
 from receiver.errors import PermanentError, TemporaryError
+from receiver.git_credentials import git_environment, origin, password_helper, ssh_command
 from receiver.secrets import FileSecret, SecretUnavailable
 from receiver.trailers import Trailer, commit_trailers
 
@@ -66,12 +65,6 @@ Basis = Literal["range", "first", "not-descendant", "same"]
 _SHA_PREFIX = re.compile(r"[0-9a-f]{4,40}")
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _STDERR_CHARS = 500
-# Runs as `sh -c '<helper> get'`; `read` and `printf` are built-ins, so no process sees the token in argv.
-_CREDENTIAL_HELPER = (
-    '!f() { test "$1" = get || exit 0; read -r token < "$FLUXBACK_GIT_TOKEN_FILE"; '
-    'printf \'username=%s\\npassword=%s\\n\' "$FLUXBACK_GIT_USERNAME" "$token"; }; f'
-)
-
 log = structlog.get_logger(__name__)
 
 
@@ -262,9 +255,7 @@ class Mirror:
         allowed = self.repository.allowed_signers_file
         if allowed is None:
             return None
-        env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")} | {
-            "LC_ALL": "C"
-        }
+        env = git_environment("nothing") | {"LC_ALL": "C"}
         process = await asyncio.create_subprocess_exec(
             "git",
             f"--git-dir={self.path}",
@@ -448,9 +439,8 @@ class Mirror:
         Raises:
             TemporaryMirrorError: the token file cannot be read (the message names the file only).
         """
-        env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")}
-        env |= {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "LC_ALL": "C"}
-        config: list[tuple[str, str]] = []
+        # LC_ALL=C: git's messages are shown to operators and matched in tests, in English.
+        env = git_environment("nothing") | {"GIT_ASKPASS": "", "LC_ALL": "C"}
         secrets: list[str] = []
         repository = self.repository
         if self._token is not None:
@@ -461,30 +451,13 @@ class Mirror:
             if not token:
                 raise TemporaryMirrorError(f"{self.name}: token file {self._token.path} is empty")
             secrets.append(token)
-            parts = urlsplit(repository.url)
-            origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
-            config += [("credential.helper", ""), (f"credential.{origin}.helper", _CREDENTIAL_HELPER)]
-            env |= {
-                "FLUXBACK_GIT_USERNAME": repository.username,
-                "FLUXBACK_GIT_TOKEN_FILE": str(self._token.path),
-            }
+            env |= password_helper(repository.username, self._token.path, only_for=origin(repository.url))
         if repository.ssh_key_file is not None:
-            known_hosts = repository.ssh_known_hosts_file
-            options = [
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                f"StrictHostKeyChecking={'yes' if known_hosts else 'accept-new'}",
-                "-o",
-                f"UserKnownHostsFile={known_hosts or self.path.parent / 'known_hosts'}",
-            ]
-            env["GIT_SSH_COMMAND"] = shlex.join(["ssh", "-i", str(repository.ssh_key_file), *options])
-        env["GIT_CONFIG_COUNT"] = str(len(config))
-        for index, (key, value) in enumerate(config):
-            env[f"GIT_CONFIG_KEY_{index}"] = key
-            env[f"GIT_CONFIG_VALUE_{index}"] = value
+            env["GIT_SSH_COMMAND"] = ssh_command(
+                repository.ssh_key_file,
+                repository.ssh_known_hosts_file,
+                first_seen_hosts_file=self.path.parent / "known_hosts",
+            )
         return env, secrets
 
 

@@ -7,14 +7,16 @@ adding a compiled dependency such as pygit2 to Airflow's environment.
 
 Credentials never appear on a command line, in an environment, in `.git/config`
 or in logs. The HTTPS token is written to a private temporary file, and git gets
-it from a credential helper of shell built-ins that reads that file (the helper
-is configured with `GIT_CONFIG_*` variables, not arguments, and only the file's
-path is in the environment); the worker's own credential helpers are switched
-off for the push, so none (`store`, say) can save the token. An SSH key is a
-private temporary file named in `GIT_SSH_COMMAND`. Both files are deleted
-afterwards. A repository URL with user info (`https://token@host/...`) is
-refused, because the URL reaches XCom, logs and error messages; only an SSH user
-name (`ssh://git@host/...`) is allowed.
+it from a credential helper of shell built-ins that reads that file; the worker's
+own credential helpers are switched off for the push, so none (`store`, say) can
+save the token. An SSH key is a private temporary file named in `GIT_SSH_COMMAND`.
+Both files are deleted afterwards. `receiver.git_credentials`, shared with the
+service, builds git's environment: the worker's git setup (`GIT_SSL_CAINFO`, its
+gitconfig) applies, but inherited variables that would point git at another
+repository or trace it (a trace can print the token) are dropped. A repository
+URL with user info (`https://token@host/...`) is refused, because the URL reaches
+XCom, logs and error messages; only an SSH user name (`ssh://git@host/...`) is
+allowed.
 
 A push rejected as non-fast-forward (someone pushed in between) is retried on the
 new tip: the work tree is reset to the fetched tip and the change is applied
@@ -47,23 +49,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from receiver.git_credentials import git_environment, password_helper, ssh_command
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HTTPS_USERNAME = "x-access-token"
 """Sent when a token is given without a user name; GitHub and most hosts accept any name with a token."""
 
-_USERNAME_VARIABLE = "FLUXBACK_GIT_USERNAME"
-_PASSWORD_FILE_VARIABLE = "FLUXBACK_GIT_PASSWORD_FILE"  # noqa: S105 - names a variable, holds a path
-# Answers `get` with the user name and the first line of the password file. It runs as
-# `sh -c '<helper> get'` and `read` and `printf` are built-ins, so no process has the token in its
-# argv or environment. git collects every `credential.helper` and `credential.<url>.helper`
-# matching the remote in config order, and an empty value empties the list; the empty one below
-# comes from `GIT_CONFIG_*` (the command scope, read last), so it drops the worker's helpers,
-# URL-specific ones included, before this one is added.
-_CREDENTIAL_HELPER = (
-    f'!f() {{ test "$1" = get || return 0; IFS= read -r password < "${_PASSWORD_FILE_VARIABLE}";'
-    f' printf "username=%s\\npassword=%s\\n" "${_USERNAME_VARIABLE}" "$password"; }}; f'
-)
 _SSH_SCHEMES = ("ssh", "git+ssh", "ssh+git")
 
 
@@ -276,33 +268,23 @@ def _refuse_credentials_in(repository: str) -> None:
 @contextmanager
 def _git_environment(auth: GitAuth) -> Iterator[dict[str, str]]:
     """The environment for git: never prompt, and the credentials of `auth` in files deleted afterwards."""
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    env = git_environment("setup")
     if not (auth.password or auth.ssh_private_key):
         yield env
         return
     with tempfile.TemporaryDirectory(prefix="fluxback-git-secrets-") as secrets:  # mode 0700
         if auth.password:
             password = _private_file(Path(secrets) / "password", auth.password + "\n")
-            env.update(
-                {
-                    "GIT_CONFIG_COUNT": "2",
-                    "GIT_CONFIG_KEY_0": "credential.helper",
-                    "GIT_CONFIG_VALUE_0": "",
-                    "GIT_CONFIG_KEY_1": "credential.helper",
-                    "GIT_CONFIG_VALUE_1": _CREDENTIAL_HELPER,
-                    _USERNAME_VARIABLE: auth.username or DEFAULT_HTTPS_USERNAME,
-                    _PASSWORD_FILE_VARIABLE: str(password),
-                }
-            )
+            # Any remote: the worker may rewrite the URL (url.<base>.insteadOf).
+            username = auth.username or DEFAULT_HTTPS_USERNAME
+            env |= password_helper(username, password, only_for=None)
         if auth.ssh_private_key:
             key = _private_file(Path(secrets) / "key", auth.ssh_private_key.strip() + "\n")
-            command = ["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"]
+            known_hosts = None
             if auth.ssh_known_hosts:
-                known_hosts = _private_file(
-                    Path(secrets) / "known_hosts", auth.ssh_known_hosts.strip() + "\n"
-                )
-                command += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
-            env["GIT_SSH_COMMAND"] = shlex.join(command)
+                hosts_text = auth.ssh_known_hosts.strip() + "\n"
+                known_hosts = _private_file(Path(secrets) / "known_hosts", hosts_text)
+            env["GIT_SSH_COMMAND"] = ssh_command(key, known_hosts)
         yield env
 
 

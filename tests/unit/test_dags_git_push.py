@@ -464,7 +464,20 @@ async def test_the_https_token_reaches_git_only_through_a_private_file(
     assert TOKEN not in caplog.text + output.out + output.err
 
 
-async def test_a_wrong_token_fails_without_showing_it(https_remote: str) -> None:
+@pytest.mark.parametrize(
+    "inherited",
+    [
+        {},
+        # A worker environment that traces git unredacted, or points it at another repository.
+        {"GIT_TRACE_CURL": "1", "GIT_TRACE_REDACT": "0", "GIT_DIR": "/nonexistent/elsewhere.git"},
+    ],
+    ids=["plain", "tracing-worker"],
+)
+async def test_a_wrong_token_fails_without_showing_it(
+    https_remote: str, inherited: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in inherited.items():
+        monkeypatch.setenv(name, value)
     with pytest.raises(GitPushError) as raised:
         await asyncio.to_thread(
             commit_and_push,
@@ -475,4 +488,6 @@ async def test_a_wrong_token_fails_without_showing_it(https_remote: str) -> None
         )
 
     assert "git clone" in str(raised.value)
+    assert "Authentication failed" in str(raised.value)
     assert "wrong-token" not in str(raised.value)
+    assert base64.b64encode(b"bot:wrong-token").decode() not in str(raised.value)
