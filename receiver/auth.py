@@ -41,15 +41,30 @@ class CredentialsUnavailable(Exception):
 
 
 def _file_values(secrets: Sequence[FileSecret]) -> tuple[list[bytes], int]:
-    """The readable files' bytes and how many files could not be read."""
+    """The usable files' bytes and how many files are missing, unreadable or blank.
+
+    A blank file is no key at all (anyone can compute an HMAC with an empty key), so it
+    counts as unavailable: with nothing else configured the answer is a 503 that Flux
+    retries and /readyz reports, not a 401 for every event.
+    """
     values: list[bytes] = []
-    unreadable = 0
+    unusable = 0
     for secret in secrets:
         try:
-            values.append(secret.read())
+            value = secret.read()
         except SecretUnavailable:
-            unreadable += 1
-    return values, unreadable
+            unusable += 1
+            continue
+        if value.strip():
+            values.append(value)
+        else:
+            unusable += 1
+    return values, unusable
+
+
+def usable_count(secrets: Sequence[FileSecret]) -> int:
+    """How many of `secrets` hold a usable (readable, not blank) value right now."""
+    return len(_file_values(secrets)[0])
 
 
 def hmac_key_variants(raw: bytes) -> Iterator[bytes]:
@@ -90,14 +105,13 @@ class TokenSet:
         Raises:
             CredentialsUnavailable: tokens are configured but no file can be read.
         """
-        values, unreadable = _file_values(self.secrets)
-        if unreadable and not values:
+        values, unusable = _file_values(self.secrets)
+        if unusable and not values:
             raise CredentialsUnavailable("no token file can be read")
         found = False
         for value in values:
-            token = value.strip()
             # Every token is compared, so the time taken does not tell which one matched.
-            found |= bool(token) and hmac.compare_digest(token, presented)
+            found |= hmac.compare_digest(value.strip(), presented)
         return found
 
 
@@ -122,8 +136,8 @@ class HmacKeys:
             presented = b""
         if digest_type is None or not presented:
             raise Unauthorized("X-Signature must be sha256=<hex>, sha384=<hex> or sha512=<hex>")
-        values, unreadable = _file_values(self.secrets)
-        if unreadable and not values:
+        values, unusable = _file_values(self.secrets)
+        if unusable and not values:
             raise CredentialsUnavailable("no HMAC key file can be read")
         found = False
         for value in values:
@@ -150,9 +164,10 @@ class WebhookAuth:
     def authenticate(self, headers: Mapping[str, str], body: bytes) -> AuthMethod:
         """The method that authenticated the request.
 
-        Only credentials for a configured method are looked at. A credential that is
-        presented and wrong is refused even when unauthenticated requests are allowed:
-        it means a misconfigured sender, which should hear about it.
+        Only credentials for a configured method are looked at, and every one presented
+        must be valid: a wrong signature next to a valid token (or the other way round) is
+        refused, as is a wrong credential when unauthenticated requests are allowed. Either
+        means a misconfigured sender, which should hear about it.
 
         Raises:
             Unauthorized: missing or wrong signature or token.
@@ -160,17 +175,17 @@ class WebhookAuth:
         """
         signature = headers.get("X-Signature")
         token = bearer_token(headers)
-        checked = False
+        valid: list[AuthMethod] = []
         if self.hmac.secrets and signature is not None:
-            checked = True
-            if self.hmac.verify(signature, body):
-                return AuthMethod.HMAC
+            if not self.hmac.verify(signature, body):
+                raise Unauthorized("the signature does not match any configured key")
+            valid.append(AuthMethod.HMAC)
         if self.bearer.secrets and token is not None:
-            checked = True
-            if self.bearer.matches(token):
-                return AuthMethod.BEARER
-        if checked:
-            raise Unauthorized("the signature or token does not match any configured key")
+            if not self.bearer.matches(token):
+                raise Unauthorized("the bearer token does not match any configured token")
+            valid.append(AuthMethod.BEARER)
+        if valid:
+            return valid[0]
         if self.allow_unauthenticated:
             return AuthMethod.UNAUTHENTICATED
         raise Unauthorized(self._missing())

@@ -95,6 +95,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _text(value: str, path: str) -> str:
+    """`value`, if it is text: JSON's `\\ud800` escapes can produce lone surrogates, which no
+    encoder (UTF-8, SQLite, PostgreSQL) accepts, so they are the sender's error, not ours."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EventInvalid(path, "contains a lone UTF-16 surrogate escape, which is not text") from None
+    return value
+
+
 def _string(raw: Mapping[str, Any], name: str, path: str, *, required: bool = True) -> str:
     value = raw.get(name)
     if value is None:
@@ -105,7 +115,7 @@ def _string(raw: Mapping[str, Any], name: str, path: str, *, required: bool = Tr
         raise EventInvalid(path, f"must be a string, got {type(value).__name__}")
     if required and not value:
         raise EventInvalid(path, "must not be empty")
-    return value
+    return _text(value, path)
 
 
 def _object_ref(raw: Any) -> ObjectRef:
@@ -144,8 +154,10 @@ def _metadata(raw: Any) -> dict[str, str]:
     if not isinstance(raw, Mapping):
         raise EventInvalid("metadata", "must be an object of strings")
     for key, value in raw.items():
+        path = f"metadata.{_text(key, 'metadata')}"
         if not isinstance(value, str):
-            raise EventInvalid(f"metadata.{key}", f"must be a string, got {type(value).__name__}")
+            raise EventInvalid(path, f"must be a string, got {type(value).__name__}")
+        _text(value, path)
     return dict(raw)
 
 

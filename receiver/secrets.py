@@ -64,3 +64,17 @@ class FileSecret:
             return self.read().decode("utf-8").strip()
         except UnicodeDecodeError:
             raise SecretUnavailable(f"secret file {self.path} is not UTF-8 text") from None
+
+
+def secret_file_problem(path: Path) -> str | None:
+    """What makes `path` useless as a secret (missing, not a file, unreadable, blank), or None.
+
+    Checked by `check-config`, at start-up and by the health checks; the message names the
+    path, never the content.
+    """
+    try:
+        with path.open("rb") as file:
+            blank = not file.read().strip()
+    except OSError:
+        return f"cannot read file {path}"
+    return f"file {path} is empty or only whitespace" if blank else None

@@ -50,6 +50,17 @@ class ActionState(StrEnum):
     TEMPORARY_ERROR = "temporary_error"
 
 
+LIKE_ESCAPE = "\\"
+"""The ESCAPE character of `like_prefix` patterns (SQLite and PostgreSQL both take `ESCAPE '\\'`)."""
+
+
+def like_prefix(text: str) -> str:
+    """A LIKE pattern matching values that start with `text` taken literally: `%` and `_` in a
+    query are characters to look for, not wildcards that would match every delivery."""
+    escaped = text.replace(LIKE_ESCAPE, LIKE_ESCAPE * 2).replace("%", LIKE_ESCAPE + "%")
+    return escaped.replace("_", LIKE_ESCAPE + "_") + "%"
+
+
 class JournalUnavailable(Exception):
     """The journal cannot commit right now (disk full, locked, database down): answer 503."""
 

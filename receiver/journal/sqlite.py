@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from receiver.journal.base import (
     FINAL_STATES,
     IN_PROGRESS_STATES,
+    LIKE_ESCAPE,
     PENDING_STATES,
     ActionRecord,
     ActionState,
@@ -35,6 +36,7 @@ from receiver.journal.base import (
     JournalUnavailable,
     NewDelivery,
     ObjectState,
+    like_prefix,
 )
 from receiver.journal.migrations import MIGRATIONS
 
@@ -191,10 +193,11 @@ class SqliteJournal:
             clauses: list[str] = []
             params: list[Any] = []
             if query.revision:
-                prefix = query.revision.lower() + "%"
+                prefix = like_prefix(query.revision.lower())
                 clauses.append(
-                    "(revision = ? OR commit_sha LIKE ? OR ? LIKE commit_sha || '%'"
-                    " OR id IN (SELECT delivery_id FROM correlations WHERE commit_sha LIKE ?))"
+                    f"(revision = ? OR commit_sha LIKE ? ESCAPE '{LIKE_ESCAPE}' OR ? LIKE commit_sha || '%'"  # noqa: S608
+                    " OR id IN (SELECT delivery_id FROM correlations"
+                    f" WHERE commit_sha LIKE ? ESCAPE '{LIKE_ESCAPE}'))"
                 )
                 params += [query.revision, prefix, query.revision.lower(), prefix]
             if query.object_key:

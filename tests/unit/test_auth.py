@@ -98,10 +98,14 @@ def test_rotation_rereads_a_replaced_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("content", [b"", b"\n", b"  \n"])
 def test_an_empty_key_never_authenticates(tmp_path: Path, content: bytes) -> None:
+    """A blank key file is no key: alone it makes the keys unavailable (503, retried), next
+    to a real key it is ignored; a signature made with an empty key never passes."""
     body = b"{}"
-    keys = HmacKeys([_secret(tmp_path, "key", content)])
+    blank = _secret(tmp_path, "key", content)
     for key in (b"", b"\n", content):
-        assert not keys.verify(sign(body, key), body)
+        with pytest.raises(CredentialsUnavailable):
+            HmacKeys([blank]).verify(sign(body, key), body)
+        assert not HmacKeys([blank, _secret(tmp_path, "real", b"k")]).verify(sign(body, key), body)
 
 
 def test_unreadable_key_files(tmp_path: Path) -> None:
@@ -178,3 +182,16 @@ def test_admin_token_rotation(tmp_path: Path) -> None:
     admin.check({"Authorization": "Bearer second"})
     with pytest.raises(Forbidden):
         admin.check({"Authorization": "Bearer first"})
+
+
+def test_a_presented_credential_that_fails_is_refused_even_next_to_a_valid_one(tmp_path: Path) -> None:
+    body = payload("a_kustomization_reconciliation_succeeded")
+    auth = _webhook(tmp_path)
+    good_token = flux_headers(body, bearer="bearer-token")
+    with pytest.raises(Unauthorized, match="signature"):
+        auth.authenticate({**good_token, "X-Signature": sign(body, b"wrong-key")}, body)
+    good_signature = flux_headers(body, hmac_key=b"hmac-key")
+    with pytest.raises(Unauthorized, match="bearer token"):
+        auth.authenticate({**good_signature, "Authorization": "Bearer wrong"}, body)
+    both = {**good_signature, "Authorization": "Bearer bearer-token"}
+    assert auth.authenticate(both, body) == AuthMethod.HMAC

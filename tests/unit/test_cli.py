@@ -204,3 +204,19 @@ def test_config_schema_prints_the_committed_schema(capsys: pytest.CaptureFixture
     committed = Path(__file__).parents[2] / "docs" / "config.schema.json"
     assert printed == committed.read_text(encoding="utf-8")
     assert json.loads(printed)["properties"]["listen"]["default"] == "127.0.0.1:9292"
+
+
+@pytest.mark.parametrize("content", [b"", b"  \n"])
+def test_check_config_refuses_a_blank_or_directory_key_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
+    """A blank HMAC key would make every signed event a 401, which Flux does not retry."""
+    blank = tmp_path / "blank-key"
+    blank.write_bytes(content)
+    (tmp_path / "key-dir").mkdir()
+    path = _write_config(tmp_path, webhook={"hmac_keys": [str(blank), str(tmp_path / "key-dir")]})
+    assert main(["check-config", "--config", str(path)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: webhook.hmac_keys[0]: file {blank} is empty or only whitespace",
+        f"error: webhook.hmac_keys[1]: cannot read file {tmp_path / 'key-dir'}",
+    ]
