@@ -25,10 +25,12 @@ from aiohttp.typedefs import Handler, Middleware
 
 from receiver.auth import AdminAuth, WebhookAuth
 from receiver.config import Config, startup_problems
+from receiver.health import AppendOutcomes, Health
 from receiver.ingest import EventIngest
 from receiver.journal import Journal, journal_from_url
+from receiver.listener import FrontDoor, connection_args
 from receiver.metrics import Metrics
-from receiver.ops import Operations
+from receiver.ops import DELIVERY_ID, Operations
 from receiver.readiness import ReadinessChecks
 from receiver.responses import json_error
 from receiver.secrets import FileSecret
@@ -41,7 +43,8 @@ BackgroundFactory = Callable[[Config, Journal, Metrics, ReadinessChecks], Sequen
 """Builds the background services from what `serve` opened; they may add readiness checks."""
 
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
-"""How long in-flight requests may take to finish on SIGTERM; Kubernetes waits 30 s by default."""
+"""How long requests being read or handled may take to finish on SIGTERM (then the background
+services stop); Kubernetes waits 30 s by default."""
 
 
 class StartupError(Exception):
@@ -97,6 +100,7 @@ def build_app(
     metrics: Metrics | None = None,
     background: Sequence[Background] = (),
     readiness: ReadinessChecks | None = None,
+    middlewares: Sequence[Middleware] = (),
 ) -> web.Application:
     """The Application for `config`, on an open `journal` (the caller opens and closes it).
 
@@ -104,22 +108,20 @@ def build_app(
         metrics: shared with the background services; a fresh registry when None.
         background: started when the app starts, stopped (in reverse order) when it stops.
         readiness: checks the background services added for `/readyz`.
+        middlewares: run outside the error middleware (the listener's connection tracking).
     """
     metrics = metrics or Metrics()
     app = web.Application(
-        middlewares=[_error_middleware(metrics)],
+        middlewares=[*middlewares, _error_middleware(metrics)],
         client_max_size=config.webhook.max_body_bytes,
         handler_args={
-            # Bodies are read as sent: the HMAC covers the bytes on the wire, and a compressed
-            # body could expand past max_body_bytes.
-            "auto_decompress": False,
+            **connection_args(config.webhook),
             # A client that goes away does not cancel a handler half-way through its decision.
             "handler_cancellation": False,
-            # Ingest logs one line per decision instead.
-            "access_log": None,
         },
     )
     webhook = config.webhook
+    appends = AppendOutcomes()
     ingest = EventIngest(
         webhook,
         WebhookAuth(
@@ -129,21 +131,24 @@ def build_app(
         ),
         journal,
         metrics,
+        journal_timeout_seconds=config.journal_timeout_seconds,
+        appends=appends,
     )
     ops = Operations(
         config,
         journal,
         metrics,
         AdminAuth([FileSecret(p) for p in config.admin_tokens]),
-        readiness or ReadinessChecks(),
+        Health(config, journal, metrics, appends, readiness or ReadinessChecks()),
     )
     app.router.add_post("/flux/events", ingest.handle)
     app.router.add_get("/healthz", ops.healthz)
+    app.router.add_get("/healthz/details", ops.health_details)
     app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/metrics", ops.metrics_text)
     app.router.add_get("/deliveries", ops.list_deliveries)
-    app.router.add_get(r"/deliveries/{id:\d+}", ops.get_delivery)
-    app.router.add_post(r"/deliveries/{id:\d+}/replay", ops.replay)
+    app.router.add_get(f"/deliveries/{{id:{DELIVERY_ID}}}", ops.get_delivery)
+    app.router.add_post(f"/deliveries/{{id:{DELIVERY_ID}}}/replay", ops.replay)
     if background:
         app.cleanup_ctx.append(_background_context(background))
     return app
@@ -177,21 +182,30 @@ async def serve(
         metrics = Metrics()
         readiness = ReadinessChecks()
         services = background(config, journal, metrics, readiness) if background else ()
-        app = build_app(config, journal, metrics=metrics, background=services, readiness=readiness)
+        door = FrontDoor(config.webhook, metrics)
+        app = build_app(
+            config,
+            journal,
+            metrics=metrics,
+            background=services,
+            readiness=readiness,
+            middlewares=[door.middleware],
+        )
         runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, config.listen_host, config.listen_port)
             try:
-                await site.start()
+                await door.open(runner, config.listen_host, config.listen_port)
             except OSError as error:
                 address = f"{config.listen_host}:{config.listen_port}"
                 raise StartupError([f"listen: cannot listen on {address}: {error.strerror}"]) from None
             where = {"host": config.listen_host, "port": config.listen_port, "journal": str(config.journal)}
-            log.info("listening", **where)
+            log.info("listening", **where, max_connections=door.cap)
             await stop.wait()
-            log.info("shutting down")
+            log.info("shutting down: finishing requests in flight", grace_seconds=SHUTDOWN_TIMEOUT_SECONDS)
+            await door.drain(SHUTDOWN_TIMEOUT_SECONDS)
         finally:
+            door.close()
             await runner.cleanup()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -20,6 +20,7 @@ from aiohttp import web
 from receiver.auth import AuthMethod, CredentialsUnavailable, Unauthorized, WebhookAuth
 from receiver.config import WebhookConfig
 from receiver.events import EventInvalid, FluxEvent, parse_event
+from receiver.health import AppendOutcomes
 from receiver.intake import new_delivery
 from receiver.journal import AppendResult, Journal, NewDelivery
 from receiver.metrics import IngestResult, Metrics
@@ -49,11 +50,22 @@ class _Refusal(Exception):
 class EventIngest:
     """The POST /flux/events handler and what it needs."""
 
-    def __init__(self, config: WebhookConfig, auth: WebhookAuth, journal: Journal, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: WebhookConfig,
+        auth: WebhookAuth,
+        journal: Journal,
+        metrics: Metrics,
+        *,
+        journal_timeout_seconds: float,
+        appends: AppendOutcomes,
+    ) -> None:
         self.config = config
         self.auth = auth
         self.journal = journal
         self.metrics = metrics
+        self.journal_timeout_seconds = journal_timeout_seconds
+        self.appends = appends
 
     async def handle(self, request: web.Request) -> web.Response:
         received_at = datetime.now(UTC)
@@ -139,16 +151,24 @@ class EventIngest:
                             f"the limit is {limit} bytes (max_body_bytes)",
                         )
                     chunks.append(chunk)
+        except web.RequestPayloadError:  # aiohttp's parser: broken chunked encoding, short body
+            raise _Refusal(
+                IngestResult.MALFORMED,
+                400,
+                "malformed body",
+                "the body's framing (chunks, length) is invalid",
+            ) from None
         except ConnectionError:  # the client went away; the answer is for the log and the metrics
             raise _Refusal(
                 IngestResult.MALFORMED, 400, "incomplete body", "the connection closed before the body ended"
             ) from None
         except TimeoutError:
+            # A slow network is not the sender's mistake: 503 is retried by Flux, a 408 is not.
             raise _Refusal(
                 IngestResult.TIMEOUT,
-                408,
-                "request timeout",
-                f"the body did not arrive within {self.config.read_timeout_seconds:g} s",
+                503,
+                "body timeout",
+                f"the body did not arrive within {self.config.read_timeout_seconds:g} s; retry",
             ) from None
         return b"".join(chunks)
 
@@ -182,9 +202,26 @@ class EventIngest:
         return event
 
     async def _append(self, delivery: NewDelivery) -> AppendResult:
+        """Commit within the deadline, or answer 503 so that Flux's next attempt fits its 15 s.
+
+        An append cut off by the deadline may still commit later; the sender's retry is then
+        recognised by its body and answered with the same id, so nothing is stored twice.
+        """
+        deadline = self.journal_timeout_seconds
         try:
-            return await self.journal.append(delivery)
+            async with asyncio.timeout(deadline):
+                result = await self.journal.append(delivery)
+        except TimeoutError:
+            self.appends.failed(f"no commit within {deadline:g} s")
+            log.warning("journal append timed out", timeout_seconds=deadline)
+            raise _Refusal(
+                IngestResult.JOURNAL_TIMEOUT,
+                503,
+                "journal unavailable",
+                f"the event was not stored within {deadline:g} s; retry later",
+            ) from None
         except Exception as error:  # any journal failure means "not committed": Flux must retry
+            self.appends.failed(type(error).__name__)
             log.warning("journal cannot commit", error=str(error), error_type=type(error).__name__)
             raise _Refusal(
                 IngestResult.JOURNAL_UNAVAILABLE,
@@ -192,3 +229,5 @@ class EventIngest:
                 "journal unavailable",
                 "the event was not stored; retry later",
             ) from None
+        self.appends.succeeded()
+        return result

@@ -32,7 +32,10 @@ class IngestResult(StrEnum):
     TOO_LARGE = "too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     TIMEOUT = "timeout"
+    """The body did not arrive within webhook.read_timeout_seconds (503: the sender retries)."""
     JOURNAL_UNAVAILABLE = "journal_unavailable"
+    JOURNAL_TIMEOUT = "journal_timeout"
+    """The append did not commit within journal_timeout_seconds (503: the sender retries)."""
     CREDENTIALS_UNAVAILABLE = "credentials_unavailable"
     """No configured key file could be read, so nothing could be verified."""
 
@@ -64,6 +67,35 @@ class Metrics:
             "HTTP request handling time by route template and status class (2xx, 4xx, ...).",
             ["route", "status_class"],
             buckets=_SHORT,
+            registry=r,
+        )
+        self.ready = Gauge(
+            "fluxback_ready",
+            "1 when the process can accept and journal an event (what /readyz says), else 0; "
+            "evaluated at scrape time.",
+            registry=r,
+        )
+        self.health_check = Gauge(
+            "fluxback_health_check",
+            "1 when a check of /healthz/details passes, else 0; `check` is the configuration key "
+            "or component (worker-side credentials included); evaluated at scrape time.",
+            ["check"],
+            registry=r,
+        )
+        self.http_malformed = Counter(
+            "fluxback_http_malformed_requests_total",
+            "Requests the HTTP parser refused with 400 before any route saw them "
+            "(bad request line or header, line too long).",
+            registry=r,
+        )
+        self.open_connections = Gauge(
+            "fluxback_open_connections",
+            "Client connections open now.",
+            registry=r,
+        )
+        self.connections_evicted = Counter(
+            "fluxback_connections_evicted_total",
+            "Idle or half-sent connections closed to stay under webhook.max_connections.",
             registry=r,
         )
         self.journal_depth = Gauge(

@@ -8,16 +8,19 @@ here and needs an admin token.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
 
 from receiver.auth import AdminAuth, CredentialsUnavailable, Forbidden, Unauthorized
-from receiver.config import Config, startup_problems
+from receiver.config import Config
+from receiver.health import Affects, Health
 from receiver.journal import (
     Delivery,
     DeliveryFilter,
@@ -27,14 +30,18 @@ from receiver.journal import (
     JournalUnavailable,
 )
 from receiver.metrics import CONTENT_TYPE, Metrics
-from receiver.readiness import ReadinessChecks
 from receiver.responses import json_error, unavailable
 
 log = structlog.get_logger("receiver.ops")
+T = TypeVar("T")
 
 MAX_LIMIT = 1000
 _MAX_ID = 2**63 - 1
 """The largest row id SQLite (and PostgreSQL bigint) can hold; larger ids cannot exist."""
+DELIVERY_ID = "[0-9]{1,19}"
+"""A delivery id in a path: ASCII digits only (`\\d` also takes other scripts' digits), at most
+19 of them (`_MAX_ID` has 19)."""
+_ASCII_NUMBER = re.compile(DELIVERY_ID)
 
 
 class _BadQuery(Exception):
@@ -120,10 +127,9 @@ def _int_param(query: Mapping[str, str], name: str, low: int, high: int) -> int 
     text = query.get(name)
     if text is None:
         return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise _BadQuery(f"{name}: must be an integer") from None
+    if not _ASCII_NUMBER.fullmatch(text):
+        raise _BadQuery(f"{name}: must be a whole number written in ASCII digits")
+    value = int(text)
     if not low <= value <= high:
         raise _BadQuery(f"{name}: must be between {low} and {high}")
     return value
@@ -157,33 +163,55 @@ class Operations:
     """Handlers for everything but event ingest."""
 
     def __init__(
-        self, config: Config, journal: Journal, metrics: Metrics, admin: AdminAuth, readiness: ReadinessChecks
+        self, config: Config, journal: Journal, metrics: Metrics, admin: AdminAuth, health: Health
     ) -> None:
         self.config = config
         self.journal = journal
         self.metrics = metrics
         self.admin = admin
-        self.readiness = readiness
+        self.health = health
+
+    async def _bounded(self, call: Awaitable[T]) -> T:
+        """A journal call within journal_timeout_seconds: a hung commit must not hang the probes.
+
+        Raises:
+            JournalUnavailable: the journal failed or did not answer in time.
+        """
+        deadline = self.config.journal_timeout_seconds
+        try:
+            async with asyncio.timeout(deadline):
+                return await call
+        except TimeoutError:
+            raise JournalUnavailable(f"no answer within {deadline:g} s") from None
 
     async def healthz(self, _: web.Request) -> web.Response:
         """The process answers; says nothing about its dependencies (that is /readyz)."""
         return web.json_response({"status": "ok"})
 
     async def readyz(self, _: web.Request) -> web.Response:
-        """Ready when the journal commits a write, every configured secret file is readable, and
-        the background services' own checks pass (the Kubernetes watches, when enabled)."""
-        problems = startup_problems(self.config) + self.readiness.problems()
-        try:
-            await self.journal.ping()
-        except Exception as error:  # whatever the reason, the journal cannot take events now
-            problems.append(f"journal: {error}")
+        """Ready when an event can be accepted and journaled now (see receiver.health)."""
+        problems = [f"{c.name}: {c.problem}" for c in await self.health.readiness() if c.problem]
         if problems:
             return unavailable("not ready", "; ".join(problems))
         return web.json_response({"status": "ready"})
 
+    async def health_details(self, _: web.Request) -> web.Response:
+        """Every check, ingest and worker side, with what it affects; 200 even when some fail."""
+        checks = await self.health.details()
+        return web.json_response(
+            {
+                "ready": all(c.ok for c in checks if c.affects is Affects.INGEST),
+                "checks": [
+                    {"name": c.name, "affects": c.affects.value, "ok": c.ok, "problem": c.problem}
+                    for c in checks
+                ],
+            }
+        )
+
     async def metrics_text(self, _: web.Request) -> web.Response:
+        await self.health.details()
         try:
-            depth = await self.journal.depth()
+            depth = await self._bounded(self.journal.depth())
         except Exception as error:  # still serve the other metrics; the gauge keeps its last value
             log.warning("cannot read journal depth for /metrics", error=str(error))
         else:
@@ -199,7 +227,7 @@ class Operations:
         except _BadQuery as problem:
             return json_error(400, "bad query", str(problem))
         try:
-            found = await self.journal.list(query)
+            found = await self._bounded(self.journal.list(query))
         except JournalUnavailable:
             return unavailable("journal unavailable", "the journal cannot be read right now")
         return web.json_response(
@@ -214,7 +242,7 @@ class Operations:
         if delivery_id > _MAX_ID:
             return json_error(404, "not found", f"no delivery {delivery_id}")
         try:
-            delivery = await self.journal.get(delivery_id)
+            delivery = await self._bounded(self.journal.get(delivery_id))
         except JournalUnavailable:
             return unavailable("journal unavailable", "the journal cannot be read right now")
         if delivery is None:
@@ -234,12 +262,12 @@ class Operations:
         if delivery_id > _MAX_ID:
             return json_error(404, "not found", f"no delivery {delivery_id}")
         try:
-            replayed = await self.journal.replay([delivery_id], datetime.now(UTC))
+            replayed = await self._bounded(self.journal.replay([delivery_id], datetime.now(UTC)))
         except JournalUnavailable:
             return unavailable("journal unavailable", "the journal cannot commit right now")
         if delivery_id not in replayed:
             try:
-                existing = await self.journal.get(delivery_id)
+                existing = await self._bounded(self.journal.get(delivery_id))
             except JournalUnavailable:
                 return unavailable("journal unavailable", "the journal cannot commit right now")
             if existing is None:

@@ -5,7 +5,7 @@ Each setting is declared once, in `models.py` (key, type, default, constraint, d
 files the settings name; `schema.py` renders the JSON Schema. Secrets are only ever paths.
 """
 
-from receiver.config.files import startup_problems
+from receiver.config.files import secret_files, startup_problems
 from receiver.config.journal_url import JournalUrl, parse_journal_url
 from receiver.config.loading import (
     CONFIG_ENV,
@@ -62,5 +62,6 @@ __all__ = [
     "parse_journal_url",
     "read_config",
     "read_config_file",
+    "secret_files",
     "startup_problems",
 ]

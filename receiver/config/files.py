@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from receiver.config.models import Config
+from receiver.secrets import secret_file_problem
 
 
-def startup_problems(config: Config) -> list[str]:
-    """Unreadable secret or trust files, and no authentication at all, each naming its key."""
+def secret_files(config: Config) -> list[tuple[str, Path]]:
+    """Every secret or trust file the configuration names, with its key (`webhook.hmac_keys[0]`)."""
     named: list[tuple[str, Path | None]] = []
     named += [(f"webhook.hmac_keys[{i}]", p) for i, p in enumerate(config.webhook.hmac_keys)]
     named += [(f"webhook.bearer_tokens[{i}]", p) for i, p in enumerate(config.webhook.bearer_tokens)]
@@ -23,10 +23,16 @@ def startup_problems(config: Config) -> list[str]:
     for name, inst in config.airflow.instances.items():
         for attr in ("username_file", "password_file", "token_file", "ca_file"):
             named.append((f"airflow.instances.{name}.{attr}", getattr(inst, attr)))
+    return [(key, path) for key, path in named if path is not None]
+
+
+def startup_problems(config: Config) -> list[str]:
+    """Secret or trust files that are missing, unreadable, directories or blank, and no
+    authentication at all, each naming its key."""
     problems = [
-        f"{key}: cannot read file {file}"
-        for key, file in named
-        if file is not None and (not os.access(file, os.R_OK) or not file.is_file())
+        f"{key}: {problem}"
+        for key, path in secret_files(config)
+        if (problem := secret_file_problem(path)) is not None
     ]
     if not config.webhook.allow_unauthenticated and not (
         config.webhook.hmac_keys or config.webhook.bearer_tokens

@@ -84,6 +84,12 @@ class WebhookConfig(Section):
     """How long a client may take to send its body; Flux's whole delivery budget is 15 s."""
     max_clock_skew_seconds: NonNegativeNumber = 0.0
     """Refuse events whose timestamp is older than this (replay protection); 0 turns the check off."""
+    header_timeout_seconds: PositiveNumber = 5.0
+    """How long a connection may take to send its request line and headers, and how long an
+    idle keep-alive connection stays open; Flux sends its request at once."""
+    max_connections: PositiveInt = 1000
+    """Open connections at most (lowered to fit the file-descriptor limit); past it the oldest
+    connections that handle no request are closed to make room."""
 
 
 def _namespaced(name: str) -> str:
@@ -331,6 +337,9 @@ class Config(Section):
     """`host:port` the HTTP server binds; `:9292` or `0.0.0.0:9292` for every interface."""
     journal: Journal = Field("sqlite:///var/lib/fluxback/journal.db", validate_default=True)
     """Where events are stored durably: `sqlite:///ABSOLUTE/PATH` or `sqlite:///./RELATIVE/PATH`."""
+    journal_timeout_seconds: PositiveNumber = 3.0
+    """Deadline on a journal append (then 503 + Retry-After) and on the probes' journal calls;
+    well inside Flux's 15 s budget, so its next attempt still fits."""
     webhook: WebhookConfig = Field(default_factory=WebhookConfig)
     """The endpoint Flux's notification-controller posts to."""
     admin_tokens: SecretFiles = ()

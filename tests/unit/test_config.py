@@ -160,8 +160,8 @@ def test_the_committed_schema_is_the_generated_one() -> None:
 def test_the_schema_describes_every_key_with_its_default() -> None:
     schema = config_schema()
     assert set(schema["properties"]) == {
-        "cluster", "listen", "journal", "webhook", "admin_tokens", "git", "airflow",
-        "policy", "rules", "worker", "retention", "log", "kubernetes",
+        "cluster", "listen", "journal", "journal_timeout_seconds", "webhook", "admin_tokens", "git",
+        "airflow", "policy", "rules", "worker", "retention", "log", "kubernetes",
     }  # fmt: skip
     webhook = schema["$defs"]["WebhookConfig"]["properties"]
     assert webhook["max_body_bytes"] == {
@@ -306,3 +306,25 @@ def test_a_repository_url_may_come_from_the_cluster() -> None:
     assert _errors(credentials_only) == ["git.repositories[0].url: is required (unless kubernetes.enabled)"]
     config = parse_config({**credentials_only, "kubernetes": {"enabled": True}}, environ={})
     assert config.git.repositories[0].url == ""
+
+
+def test_front_door_settings() -> None:
+    config = parse_config(
+        {
+            "journal_timeout_seconds": 2,
+            "webhook": {"allow_unauthenticated": True, "header_timeout_seconds": 1.5, "max_connections": 64},
+        },
+        environ={"FLUXBACK_WEBHOOK__MAX_CONNECTIONS": "32"},
+    )
+    assert config.journal_timeout_seconds == 2.0
+    assert (config.webhook.header_timeout_seconds, config.webhook.max_connections) == (1.5, 32)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            {"journal_timeout_seconds": 0, "webhook": {"header_timeout_seconds": -1, "max_connections": "x"}},
+            environ={},
+        )
+    assert sorted(e.split(":")[0] for e in caught.value.errors) == [
+        "journal_timeout_seconds",
+        "webhook.header_timeout_seconds",
+        "webhook.max_connections",
+    ]

@@ -6,6 +6,8 @@ import asyncio
 import io
 import json
 import os
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,6 +121,36 @@ async def test_a_signature_over_other_bytes_is_refused(service: Service) -> None
     assert status == 401
 
 
+@pytest.mark.parametrize(
+    ("place", "field"),
+    [
+        ("name", "involvedObject.name"),
+        ("kind", "involvedObject.kind"),
+        ("reason", "reason"),
+        ("revision", "metadata.revision"),
+    ],
+)
+async def test_a_lone_surrogate_is_a_400_naming_the_field(service: Service, place: str, field: str) -> None:
+    values = {"name": "a", "kind": "Kustomization", "reason": "ReconciliationSucceeded", "revision": "main"}
+    values[place] = values[place] + "\udc00"
+    text = json.dumps(
+        {
+            "involvedObject": {"kind": values["kind"], "namespace": "ns", "name": values["name"]},
+            "severity": "info",
+            "timestamp": "2026-08-10T09:15:42Z",
+            "reason": values["reason"],
+            "metadata": {"revision": values["revision"]},
+            "reportingController": "kustomize-controller",
+        }
+    )
+    body = text.encode("ascii")  # json.dumps escapes the surrogate as \udc00, as a sender could
+    status, answer, _ = await service.post_event(body)
+    assert (status, answer["error"]) == (400, "malformed event")
+    assert answer["detail"].startswith(f"{field}: ")
+    assert service.metrics.events_received.labels("malformed")._value.get() == 1
+    assert service.metrics.events_received.labels("journal_unavailable")._value.get() == 0
+
+
 async def test_400_names_the_field(service: Service) -> None:
     raw = json.loads(payload("a_kustomization_reconciliation_succeeded"))
     del raw["involvedObject"]["kind"]
@@ -213,10 +245,12 @@ async def test_413_without_reading_the_body(small: Service) -> None:
     assert answer["error"] == "body too large"
 
 
-async def test_408_when_the_body_is_too_slow(small: Service) -> None:
+async def test_503_when_the_body_is_too_slow(small: Service) -> None:
+    """A slow network is not the sender's fault: Flux retries a 503 (never a 408)."""
     status_line, answer = await _raw_request(small, _head(500), b'{"involvedObject":')
-    assert b" 408 " in status_line
-    assert answer == {"error": "request timeout", "detail": "the body did not arrive within 0.3 s"}
+    assert b" 503 " in status_line
+    assert answer == {"error": "body timeout", "detail": "the body did not arrive within 0.3 s; retry"}
+    assert small.metrics.events_received.labels("timeout")._value.get() == 1
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "br", "deflate"])
@@ -346,3 +380,36 @@ async def test_results_are_counted(service: Service) -> None:
     assert 'fluxback_events_received_total{result="duplicate"} 1.0' in metrics
     assert 'fluxback_events_received_total{result="unauthorized"} 1.0' in metrics
     assert 'fluxback_events_received_total{result="malformed"} 0.0' in metrics
+
+
+async def test_a_hung_commit_is_a_503_in_time_and_the_probes_still_answer(
+    tmp_path: Path, journal: SqliteJournal
+) -> None:
+    """Another process holding the journal's write lock is a commit that hangs: ingest
+    answers 503 + Retry-After within journal_timeout_seconds, the probes within theirs."""
+    config = make_config(tmp_path, journal_timeout_seconds=0.5)
+    blocker = sqlite3.connect(tmp_path / "journal.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    body = event_body()
+    try:
+        async with running(config, journal) as svc:
+            started = time.monotonic()
+            status, answer, headers = await svc.post_event(body)
+            assert (status, answer["error"]) == (503, "journal unavailable")
+            assert headers["Retry-After"] == "3"
+            assert time.monotonic() - started < 1.5
+            for path in ("/readyz", "/deliveries", "/deliveries/1"):
+                started = time.monotonic()
+                status, answer = await svc.get(path)
+                assert status == 503, path
+                assert time.monotonic() - started < 1.5, path
+            assert await svc.get("/healthz") == (200, {"status": "ok"})
+            assert svc.metrics.events_received.labels("journal_timeout")._value.get() == 1
+            blocker.execute("ROLLBACK")
+            # The cut-off append may commit late; Flux's retry then gets the same id, stored once.
+            status, answer, _ = await svc.post_event(body)
+            assert status == 202
+            assert len(await journal.list(DeliveryFilter())) == 1
+            assert await svc.get("/readyz") == (200, {"status": "ready"})
+    finally:
+        blocker.close()

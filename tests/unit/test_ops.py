@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from receiver.config import Config
-from receiver.journal import DeliveryState
+from receiver.journal import AppendResult, DeliveryState, JournalUnavailable, NewDelivery
 from receiver.journal.sqlite import SqliteJournal
 from tests.flux_replay import event_body, payload
 from tests.unit.conftest import ADMIN_TOKEN, Service, make_config, running
@@ -38,12 +37,72 @@ async def test_readyz(service: Service) -> None:
     assert await service.get("/readyz") == (200, {"status": "ready"})
 
 
-async def test_not_ready_when_a_secret_file_is_gone(service: Service, config: Config) -> None:
+async def test_a_worker_side_secret_does_not_make_the_pod_unready(
+    tmp_path: Path, journal: SqliteJournal
+) -> None:
+    """Readiness means "can accept and journal events"; the admin token, Airflow and git
+    credentials only affect the worker and show in /healthz/details and the metrics."""
+    password = tmp_path / "airflow-password"
+    password.write_text("pw")
+    config = make_config(
+        tmp_path,
+        airflow={"instances": {"default": {"url": "http://airflow:8080", "token_file": str(password)}}},
+    )
+    password.unlink()
     os.remove(config.admin_tokens[0])
+    async with running(config, journal) as svc:
+        assert await svc.get("/readyz") == (200, {"status": "ready"})
+        status, details = await svc.get("/healthz/details")
+        status_202, _, _ = await svc.post_event(event_body())
+        async with svc.session.get(f"{svc.url}/metrics") as response:
+            text = await response.text()
+    assert status == 200 and status_202 == 202
+    assert details["ready"] is True
+    failing = {c["name"]: c for c in details["checks"] if not c["ok"]}
+    assert set(failing) == {"admin_tokens[0]", "airflow.instances.default.token_file"}
+    assert all(c["affects"] == "worker" and "cannot read file" in c["problem"] for c in failing.values())
+    assert "fluxback_ready 1.0" in text
+    assert 'fluxback_health_check{check="admin_tokens[0]"} 0.0' in text
+    assert 'fluxback_health_check{check="journal"} 1.0' in text
+
+
+@pytest.mark.parametrize("content", [b"", b" \n\t"])
+async def test_a_blank_hmac_key_makes_the_pod_unready(
+    tmp_path: Path, journal: SqliteJournal, content: bytes
+) -> None:
+    config = make_config(tmp_path, webhook={"bearer_tokens": []})
+    config.webhook.hmac_keys[0].write_bytes(content)
+    async with running(config, journal) as svc:
+        status, answer = await svc.get("/readyz")
+        posted, _, headers = await svc.post_event(event_body())
+        async with svc.session.get(f"{svc.url}/metrics") as response:
+            text = await response.text()
+    assert status == 503
+    assert "webhook.hmac_keys[0]: file " in answer["detail"]
+    assert "empty or only whitespace" in answer["detail"]
+    assert posted == 503 and "Retry-After" in headers  # retried by Flux, unlike a 401
+    assert "fluxback_ready 0.0" in text
+
+
+async def test_unready_while_appends_fail_although_a_probe_write_fits(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk can still take the probe's one-row update: a failed append counts until
+    an append commits again."""
+    real_append = service.journal.append
+
+    async def full_disk(delivery: NewDelivery) -> AppendResult:
+        raise JournalUnavailable("journal cannot commit: database or disk is full")
+
+    monkeypatch.setattr(service.journal, "append", full_disk)
+    status, _, _ = await service.post_event(event_body(name="a"))
+    assert status == 503
     status, answer = await service.get("/readyz")
     assert status == 503
-    assert answer["error"] == "not ready"
-    assert "admin_tokens[0]" in answer["detail"]
+    assert "journal: the last append failed" in answer["detail"]
+    monkeypatch.setattr(service.journal, "append", real_append)
+    assert (await service.post_event(event_body(name="b")))[0] == 202
+    assert await service.get("/readyz") == (200, {"status": "ready"})
 
 
 async def test_not_ready_when_the_journal_cannot_commit(tmp_path: Path) -> None:
@@ -141,11 +200,43 @@ async def test_get_delivery(service: Service) -> None:
     assert isinstance(delivery["decisions"], list)
 
 
-@pytest.mark.parametrize("path", ["/deliveries/999", f"/deliveries/{2**64}", "/deliveries/abc"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/deliveries/999",
+        f"/deliveries/{2**64}",
+        "/deliveries/abc",
+        "/deliveries/" + "9" * 4301,  # past Python's int digit limit
+        "/deliveries/\u0661",  # Arabic-Indic one: not delivery 1
+        "/deliveries/\uff11",  # fullwidth one
+    ],
+)
 async def test_unknown_delivery_is_a_json_404(service: Service, path: str) -> None:
+    await service.post_event(event_body())  # delivery 1 exists
     status, answer = await service.get(path)
     assert status == 404
     assert set(answer) == {"error", "detail"}
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with service.session.post(f"{service.url}{path}/replay", headers=admin) as response:
+        assert response.status == 404
+
+
+@pytest.mark.parametrize("value", ["\u0661", "9" * 4301, "1" * 20])
+async def test_query_numbers_are_ascii_and_bounded(service: Service, value: str) -> None:
+    for name in ("limit", "before"):
+        status, answer = await service.get("/deliveries", params={name: value})
+        assert status == 400
+        assert answer["detail"].startswith(f"{name}: ")
+
+
+@pytest.mark.parametrize("pattern", ["%", "_", "3b9f%", "____"])
+async def test_revision_wildcards_are_taken_literally(service: Service, pattern: str) -> None:
+    await service.post_event(event_body())
+    status, answer = await service.get("/deliveries", params={"revision": pattern})
+    assert status == 200
+    assert answer["deliveries"] == []
+    status, answer = await service.get("/deliveries", params={"revision": "3b9f"})
+    assert len(answer["deliveries"]) == 1
 
 
 async def _replay(service: Service, delivery_id: int, token: str | None) -> tuple[int, Any, str]:
