@@ -88,7 +88,8 @@ class Fluxback:
 
     @property
     def journal_path(self) -> Path:
-        return self.root / "journal.db"
+        url = str(self.settings.get("journal", f"sqlite://{self.root / 'journal.db'}"))
+        return Path(url.removeprefix("sqlite://"))
 
     @property
     def log_path(self) -> Path:
@@ -98,7 +99,7 @@ class Fluxback:
         secrets = self.root / "secrets"
         tree: dict[str, Any] = {
             "listen": f"127.0.0.1:{self.port}",
-            "journal": f"sqlite://{self.journal_path}",
+            "journal": f"sqlite://{self.root / 'journal.db'}",
             "journal_timeout_seconds": 1.0,
             "webhook": {
                 "hmac_keys": [str(secrets / "hmac")],
@@ -232,8 +233,8 @@ class Fluxback:
             sock.sendall(data)
             return self.read_response(sock)
 
-    def read_response(self, sock: socket.socket) -> Response:
-        answer = http.client.HTTPResponse(sock)
+    def read_response(self, sock: socket.socket, method: str = "GET") -> Response:
+        answer = http.client.HTTPResponse(sock, method=method)
         try:
             answer.begin()
             body = answer.read()

@@ -11,49 +11,9 @@ from hypothesis import strategies as st
 
 from receiver.events import SEVERITIES, EventInvalid, Outcome, classify, dedupe_key, event_commit, parse_event
 from receiver.journal import DeliveryFilter
-from tests.flux_replay import EXAMPLES, payload, sign
+from tests.flux_replay import sign
+from tests.fuzz_strategies import FIELDS, bodies, json_values
 from tests.unit.conftest import HMAC_KEY, Service
-
-FIELDS = (
-    "involvedObject",
-    "severity",
-    "timestamp",
-    "message",
-    "reason",
-    "metadata",
-    "reportingController",
-    "reportingInstance",
-)
-OBJECT_FIELDS = ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion")
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=60),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
-    max_leaves=12,
-)
-
-
-@st.composite
-def mutated_events(draw: st.DrawFn) -> bytes:
-    """A real Flux payload with a few fields replaced, removed or added."""
-    raw: dict[str, Any] = json.loads(payload(draw(st.sampled_from(EXAMPLES))))
-    for _ in range(draw(st.integers(0, 3))):
-        target = raw
-        if draw(st.booleans()) and isinstance(raw.get("involvedObject"), dict):
-            target = raw["involvedObject"]
-            name = draw(st.sampled_from(OBJECT_FIELDS) | st.text(max_size=8))
-        else:
-            name = draw(st.sampled_from(FIELDS) | st.text(max_size=8))
-        if draw(st.booleans()):
-            target.pop(name, None)
-        else:
-            target[name] = draw(json_values | st.sampled_from(["info", "error", "2026-08-10T09:15:42Z", ""]))
-    return json.dumps(raw).encode()
-
-
-bodies = st.binary(max_size=600) | mutated_events()
 
 
 def _check_invariants(body: bytes) -> None:
