@@ -3,13 +3,14 @@ file layout; and the values schema refuses what cannot work, saying why."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.chart.tools import VALUE_SETS, Rendered, refusal, render, run, tool
+from tests.chart.tools import REPO, VALUE_SETS, Rendered, refusal, render, run, tool
 
 POD_ETC = "/etc/fluxback/"
 
@@ -120,3 +121,14 @@ def test_schema_refuses_a_password_in_the_postgresql_dsn() -> None:
 def test_existing_webhook_secret_needs_the_flux_side_secret_named() -> None:
     said = refusal(VALUE_SETS["defaults"], "webhook.existingSecret=fluxback-webhook")
     assert "flux.existingSecret: with webhook.existingSecret, create the Flux-side Secret yourself" in said
+
+
+def test_values_schema_embeds_the_current_config_schema() -> None:
+    result = run(sys.executable, str(REPO / "scripts" / "chart-values-schema"), "--check")
+    assert result.returncode == 0, result.stderr
+
+
+def test_schema_refuses_an_unknown_or_invalid_config_setting() -> None:
+    said = refusal(VALUE_SETS["defaults"], "config.worker.concurency=3", "config.webhook.max_body_bytes=-1")
+    assert "at '/config/worker': additional properties 'concurency' not allowed" in said
+    assert "at '/config/webhook/max_body_bytes': exclusiveMinimum: got -1, want 0" in said
