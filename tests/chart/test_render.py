@@ -6,15 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from cloudcoil.models.fluxcd.notification import v1beta3
 
-from tests.chart.tools import CHART, NAMESPACE, VALUE_SETS, Rendered, render, run, tool
+from tests.chart.tools import CHART, NAMESPACE, REPO, VALUE_SETS, Rendered, render, run, tool
 
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas at hand.
 KUBERNETES_VERSIONS = ("1.25.0", "1.37.0")
 # Kinds whose schema lives in a CRD: kubernetes-validate only warns about them; the Flux ones are
 # checked with the Flux models below.
-CRD_KINDS = {"Provider", "Alert", "ServiceMonitor"}
+CRD_KINDS = {"Provider", "Alert", "ServiceMonitor", "PrometheusRule"}
 
 
 @pytest.fixture(params=sorted(VALUE_SETS), scope="module")
@@ -198,3 +199,15 @@ def test_rbac_is_namespaced_when_namespaces_are_listed() -> None:
     cluster_wide = render(VALUE_SETS["kubernetes"], "kubernetes.namespaces=null")
     assert cluster_wide.one("ClusterRole")["rules"] == rendered.all("Role")[0]["rules"]
     assert not render(VALUE_SETS["defaults"]).all("ClusterRole")
+
+
+def test_prometheus_rule_carries_exactly_the_projects_alert_rules() -> None:
+    """Helm reads only the chart's files, so the chart holds a copy of dashboards/alerts.yaml."""
+    alerts = REPO / "dashboards" / "alerts.yaml"
+    assert (CHART / "files" / "alerts.yaml").read_text() == alerts.read_text(), (
+        "cp dashboards/alerts.yaml charts/fluxback/files/"
+    )
+    rule = render(VALUE_SETS["monitoring"]).one("PrometheusRule")
+    assert rule["spec"] == yaml.safe_load(alerts.read_text())
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert not render(VALUE_SETS["defaults"]).all("PrometheusRule")
