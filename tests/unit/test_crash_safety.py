@@ -82,7 +82,7 @@ def launch(config_file: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]
 
 
 async def _wait_until_up(session: aiohttp.ClientSession, url: str, process: subprocess.Popen[bytes]) -> None:
-    for _ in range(200):
+    for _ in range(600):  # imports alone take several seconds on a busy CI machine
         assert process.poll() is None, "the service exited during start-up"
         try:
             async with session.get(f"{url}/healthz") as response:
@@ -91,7 +91,7 @@ async def _wait_until_up(session: aiohttp.ClientSession, url: str, process: subp
         except aiohttp.ClientConnectionError:
             pass
         await asyncio.sleep(0.05)
-    raise AssertionError("the service did not start within 10 s")
+    raise AssertionError("the service did not start within 30 s")
 
 
 async def test_every_accepted_event_survives_kill_9(
