@@ -142,6 +142,25 @@ def overview() -> dashboard.Dashboard:
                     ],
                 ),
                 graph(
+                    "Connections",
+                    "Client connections open now per replica, and connections closed at the door:"
+                    " evicted to stay under webhook.max_connections, or refused as malformed HTTP.",
+                    "short",
+                    [
+                        query("sum by (instance) (fluxback_open_connections)", "open: {{instance}}"),
+                        query(
+                            f"sum(rate(fluxback_connections_evicted_total[{RATE}]))",
+                            "evicted per second",
+                            "B",
+                        ),
+                        query(
+                            f"sum(rate(fluxback_http_malformed_requests_total[{RATE}]))",
+                            "malformed per second",
+                            "C",
+                        ),
+                    ],
+                ),
+                graph(
                     "HTTP requests by route and status class",
                     "Includes the probes: 5xx on /readyz means the pod is reported not ready.",
                     "reqps",
@@ -275,6 +294,19 @@ def overview() -> dashboard.Dashboard:
                     "Replicas",
                     "Fluxback processes Prometheus scrapes.",
                     "count(fluxback_build_info)",
+                ),
+                single(
+                    "Ready replicas",
+                    "Replicas that can accept and journal an event now (what /readyz says).",
+                    "sum(fluxback_ready)",
+                ),
+                single(
+                    "Failing health checks",
+                    "Per check of /healthz/details (worker-side credentials included): replicas where it"
+                    " fails now. `curl /healthz/details` on a pod says why.",
+                    "sum by (check) (1 - fluxback_health_check)",
+                    red_from=1,
+                    legend="{{check}}",
                 ),
                 single(
                     "Versions",
