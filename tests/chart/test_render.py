@@ -211,3 +211,9 @@ def test_prometheus_rule_carries_exactly_the_projects_alert_rules() -> None:
     assert rule["spec"] == yaml.safe_load(alerts.read_text())
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert not render(VALUE_SETS["defaults"]).all("PrometheusRule")
+
+
+def test_service_monitor_keeps_the_flux_objects_namespace_label() -> None:
+    """The deploys dashboard filters on the Flux object's `namespace`, not `exported_namespace`."""
+    [endpoint] = render(VALUE_SETS["monitoring"]).one("ServiceMonitor")["spec"]["endpoints"]
+    assert (endpoint["path"], endpoint["honorLabels"]) == ("/metrics", True)
