@@ -217,3 +217,11 @@ def test_service_monitor_keeps_the_flux_objects_namespace_label() -> None:
     """The deploys dashboard filters on the Flux object's `namespace`, not `exported_namespace`."""
     [endpoint] = render(VALUE_SETS["monitoring"]).one("ServiceMonitor")["spec"]["endpoints"]
     assert (endpoint["path"], endpoint["honorLabels"]) == ("/metrics", True)
+
+
+def test_rbac_rules_are_the_documented_minimum() -> None:
+    """The same rules as examples/kubernetes/rbac.yaml, the RBAC for installs without the chart."""
+    example = [doc for doc in yaml.safe_load_all((REPO / "examples/kubernetes/rbac.yaml").read_text()) if doc]
+    expected = next(doc for doc in example if doc["kind"] == "ClusterRole")["rules"]
+    rendered = render(VALUE_SETS["kubernetes"], "kubernetes.namespaces=null")
+    assert rendered.one("ClusterRole")["rules"] == expected
