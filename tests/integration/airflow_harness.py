@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
+
+from tests.helpers import free_port
 
 AIRFLOW_VERSION = "3.3.2"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -79,14 +80,6 @@ def ensure_airflow_venv(venv: Path = VENV) -> Path:
         shutil.rmtree(venv, ignore_errors=True)
         staging.rename(venv)
     return venv
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _tail(path: Path, lines: int) -> str:

@@ -21,7 +21,8 @@ import yaml
 
 from tests.flux_replay import event_body, post_event
 from tests.gitops import GitOpsRepo
-from tests.integration.airflow_harness import AirflowServer, free_port
+from tests.helpers import free_port
+from tests.integration.airflow_harness import AirflowServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HMAC_KEY = b"integration-hmac-key"

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from receiver.kube.kinds import KUSTOMIZATION
 from tests.flux_replay import event_body, post_event
 from tests.gitops import GitOpsRepo
-from tests.integration.airflow_harness import free_port
+from tests.helpers import free_port
 from tests.integration.fluxback_service import HMAC_KEY, FluxbackService, kustomization
 from tests.kube_cluster import (
     applied,

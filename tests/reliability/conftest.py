@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from tests.flux_replay import event_body, flux_headers
+from tests.helpers import free_port
 
 HMAC_KEY = b"reliability-hmac-key-5f1c9e2b"
 BEARER_TOKEN = "reliability-bearer-token-8d2a71c4"
@@ -41,13 +42,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in item.path.parents:
             item.add_marker(pytest.mark.reliability)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass

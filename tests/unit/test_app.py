@@ -22,7 +22,7 @@ from receiver.log import configure_logging
 from receiver.metrics import Metrics
 from receiver.readiness import ReadinessChecks
 from tests.flux_replay import event_body, post_event
-from tests.unit.conftest import HMAC_KEY, Service, make_config, running
+from tests.helpers import HMAC_KEY, Service, free_port, make_config, running
 
 
 async def test_unknown_route_is_a_json_404(service: Service) -> None:
@@ -83,15 +83,8 @@ async def test_background_services_start_and_stop_in_order(config: Config, journ
     assert log == ["start a", "start b", "stop b", "stop a"]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def test_serve_runs_until_stopped(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     config = make_config(tmp_path, listen=f"127.0.0.1:{port}")
     log: list[str] = []
 
@@ -152,7 +145,7 @@ async def test_serve_warns_when_unauthenticated_events_are_allowed(
     out = io.StringIO()
     configure_logging(LogConfig(format="json", level="info"), out)
     config = make_config(
-        tmp_path, listen=f"127.0.0.1:{_free_port()}", webhook={"hmac_keys": [], "allow_unauthenticated": True}
+        tmp_path, listen=f"127.0.0.1:{free_port()}", webhook={"hmac_keys": [], "allow_unauthenticated": True}
     )
     stop = asyncio.Event()
     stop.set()

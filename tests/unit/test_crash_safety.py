@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -25,17 +24,11 @@ import yaml
 from receiver.journal import DeliveryFilter
 from receiver.journal.sqlite import SqliteJournal
 from tests.flux_replay import event_body, post_event
+from tests.helpers import free_port
 
 KEY = b"crash-test-key"
 SENT = 60
 KILL_AFTER = 40
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -43,7 +36,7 @@ def config_file(tmp_path: Path) -> Path:
     (tmp_path / "hmac-key").write_bytes(KEY + b"\n")
     path = tmp_path / "fluxback.yaml"
     tree = {
-        "listen": f"127.0.0.1:{_free_port()}",
+        "listen": f"127.0.0.1:{free_port()}",
         "journal": f"sqlite://{tmp_path}/journal.db",
         "webhook": {"hmac_keys": [str(tmp_path / "hmac-key")]},
         "log": {"format": "json"},

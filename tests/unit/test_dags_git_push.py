@@ -31,7 +31,7 @@ from receiver.dags import (
     commit_and_push,
 )
 from receiver.dags.git_push import _git_environment, _refuse_credentials_in
-from tests.unit.test_git import ProcessWatch
+from tests.helpers import ProcessWatch
 
 SEED_IDENTITY = {
     "GIT_AUTHOR_NAME": "Seed",

@@ -13,7 +13,7 @@ from receiver.events import SEVERITIES, EventInvalid, Outcome, classify, dedupe_
 from receiver.journal import DeliveryFilter
 from tests.flux_replay import sign
 from tests.fuzz_strategies import FIELDS, bodies, json_values
-from tests.unit.conftest import HMAC_KEY, Service
+from tests.helpers import HMAC_KEY, Service
 
 
 def _check_invariants(body: bytes) -> None:

@@ -30,6 +30,7 @@ from receiver.git import (
     TemporaryMirrorError,
 )
 from receiver.trailers import Trailer
+from tests.helpers import ProcessWatch
 
 EPOCH = 1_767_225_600  # 2026-01-01T00:00:00Z
 TRAILERS = "Airflow-Dag-Id: deploy\nAirflow-Run-Id: manual__1\n"
@@ -560,39 +561,6 @@ def http_remote(remote: Remote) -> Iterator[tuple[Remote, GitHTTPServer, str]]:
         server.httpd.shutdown()
         server.httpd.server_close()
         server.thread.join()
-
-
-class ProcessWatch:
-    """Scans every process's argv and environment until stopped, looking for a secret."""
-
-    def __init__(self, secret: str) -> None:
-        self.secret = secret.encode()
-        self.leaks: list[str] = []
-        self.seen_git_http = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-
-    def __enter__(self) -> ProcessWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                for part in ("cmdline", "environ"):
-                    try:
-                        data = Path(f"/proc/{pid}/{part}").read_bytes()
-                    except OSError:
-                        continue
-                    if self.secret in data:
-                        self.leaks.append(f"{pid}/{part}")
-                    if part == "cmdline" and b"remote-http" in data:
-                        self.seen_git_http = True
-            time.sleep(0.002)
 
 
 async def test_https_token_from_file(http_remote: tuple[Remote, GitHTTPServer, str], tmp_path: Path) -> None:

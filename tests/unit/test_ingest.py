@@ -21,7 +21,7 @@ from receiver.journal import DeliveryFilter
 from receiver.journal.sqlite import SqliteJournal
 from receiver.log import configure_logging
 from tests.flux_replay import EXAMPLES, event_body, flux_headers, payload, sign
-from tests.unit.conftest import BEARER_TOKEN, HMAC_KEY, Service, make_config, running
+from tests.helpers import BEARER_TOKEN, HMAC_KEY, Service, make_config, running
 
 SHA = "3b9f1c2a7d4e5f60718293a4b5c6d7e8f9012345"
 

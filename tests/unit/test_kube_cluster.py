@@ -18,6 +18,7 @@ from receiver.kube.kinds import HELM_RELEASE, KUSTOMIZATION
 from receiver.metrics import Metrics
 from receiver.readiness import ReadinessChecks
 from tests.flux_replay import event_body
+from tests.helpers import running
 from tests.kube_cluster import (
     applied,
     controller_client,
@@ -32,7 +33,6 @@ from tests.kube_cluster import (
     ready,
     set_status,
 )
-from tests.unit.conftest import running
 
 SHA = "3b9f1c2a7d4e5f60718293a4b5c6d7e8f9012345"
 OLD = "0123456789abcdef0123456789abcdef01234567"

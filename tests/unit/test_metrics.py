@@ -16,6 +16,7 @@ from receiver.kube.kinds import GIT_REPOSITORY, KUSTOMIZATION
 from receiver.metrics import Metrics
 from receiver.service import worker_service
 from tests.gitops import GitOpsRepo, git
+from tests.helpers import Service, running
 from tests.kube_cluster import (
     controller_client,
     create,
@@ -25,7 +26,6 @@ from tests.kube_cluster import (
     kustomization,
     lowercase_watch_flag,
 )
-from tests.unit.conftest import Service, running
 from tests.unit.test_kube_cluster import kube_config, watching
 from tests.unit.test_worker import post, until_state, worker_config
 

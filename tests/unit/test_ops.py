@@ -12,7 +12,7 @@ import pytest
 from receiver.journal import AppendResult, DeliveryState, JournalUnavailable, NewDelivery
 from receiver.journal.sqlite import SqliteJournal
 from tests.flux_replay import event_body, payload
-from tests.unit.conftest import ADMIN_TOKEN, Service, make_config, running
+from tests.helpers import ADMIN_TOKEN, Service, make_config, running
 
 SHA = "3b9f1c2a7d4e5f60718293a4b5c6d7e8f9012345"
 METRIC_NAMES = (

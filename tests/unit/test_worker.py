@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,15 +32,9 @@ from receiver.service import worker_service
 from receiver.worker import Worker, retry_delay
 from tests.flux_replay import event_body
 from tests.gitops import GitOpsRepo, ssh_signing_key
-from tests.unit.conftest import Service, make_config, running, write_secret
+from tests.helpers import Service, free_port, make_config, running, write_secret
 
 AIRFLOW_RUN_ID = re.compile(r"^[A-Za-z0-9_.~:+-]+$")
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def worker_config(
@@ -70,7 +63,7 @@ def worker_config(
         airflow={
             "instances": {
                 "default": {
-                    "url": f"http://127.0.0.1:{closed_port()}",  # an Airflow that is down
+                    "url": f"http://127.0.0.1:{free_port()}",  # an Airflow that is down
                     "token_file": str(write_secret(secrets / "airflow-token", b"token")),
                     "timeout_seconds": 1,
                 }
