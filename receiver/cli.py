@@ -29,6 +29,7 @@ from receiver.journal import (
     journal_from_url,
 )
 from receiver.log import configure_logging
+from receiver.replay import NotReplayed, replay
 from receiver.service import background_services
 
 _LONG_HEX = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{28,52}\b")
@@ -126,20 +127,9 @@ async def _list(config: Config, query: DeliveryFilter) -> Sequence[DeliverySumma
         return await journal.list(query)
 
 
-async def _replay(config: Config, ids: Sequence[int]) -> dict[int, str | None]:
-    """Each id, and why it was not replayed (None when it was)."""
+async def _replay(config: Config, ids: Sequence[int]) -> dict[int, NotReplayed | None]:
     async with _opened(config) as journal:
-        replayed = await journal.replay(ids, datetime.now(UTC))
-        problems: dict[int, str | None] = {}
-        for delivery_id in ids:
-            existing = None if delivery_id in replayed else await journal.get(delivery_id)
-            if delivery_id in replayed:
-                problems[delivery_id] = None
-            elif existing is None:
-                problems[delivery_id] = "no such delivery"
-            else:
-                problems[delivery_id] = f"is {existing.state.value}; only done or dead ones replay"
-        return problems
+        return await replay(journal, ids, datetime.now(UTC))
 
 
 def _journal_missing(config: Config) -> bool:
@@ -186,7 +176,7 @@ def _replay_command(args: argparse.Namespace) -> int:
         if problem is None:
             print(f"delivery {delivery_id}: will be processed again")
         else:
-            print(f"error: delivery {delivery_id}: {problem}", file=sys.stderr)
+            print(f"error: delivery {delivery_id}: {problem.reason}", file=sys.stderr)
     return 0 if not any(problems.values()) else 1
 
 

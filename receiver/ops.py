@@ -30,6 +30,7 @@ from receiver.journal import (
     JournalUnavailable,
 )
 from receiver.metrics import CONTENT_TYPE, Metrics
+from receiver.replay import replay
 from receiver.responses import json_error, unavailable
 
 log = structlog.get_logger("receiver.ops")
@@ -262,20 +263,13 @@ class Operations:
         if delivery_id > _MAX_ID:
             return json_error(404, "not found", f"no delivery {delivery_id}")
         try:
-            replayed = await self._bounded(self.journal.replay([delivery_id], datetime.now(UTC)))
+            outcome = await self._bounded(replay(self.journal, [delivery_id], datetime.now(UTC)))
         except JournalUnavailable:
             return unavailable("journal unavailable", "the journal cannot commit right now")
-        if delivery_id not in replayed:
-            try:
-                existing = await self._bounded(self.journal.get(delivery_id))
-            except JournalUnavailable:
-                return unavailable("journal unavailable", "the journal cannot commit right now")
-            if existing is None:
-                return json_error(404, "not found", f"no delivery {delivery_id}")
-            return json_error(
-                409,
-                "not finished",
-                f"delivery {delivery_id} is {existing.state.value}; only done or dead ones replay",
-            )
+        refused = outcome[delivery_id]
+        if refused is not None and not refused.exists:
+            return json_error(404, "not found", f"no delivery {delivery_id}")
+        if refused is not None:
+            return json_error(409, "not finished", f"delivery {delivery_id} {refused.reason}")
         log.info("delivery replayed", delivery_id=delivery_id, remote=request.remote)
-        return web.json_response({"replayed": replayed}, status=202)
+        return web.json_response({"replayed": [delivery_id]}, status=202)
