@@ -211,7 +211,7 @@ class Actor:
             self._metrics.actions.labels(kind=kind, outcome=result.state.value).inc()
             if result.state is ActionState.DONE:
                 self._metrics.event_to_action.observe(max(0.0, time.time() - received_at))
-            log.info("action", action=key, kind=kind, state=result.state.value, result=result.text)
+            log.info("action.finished", action=key, kind=kind, state=result.state.value, result=result.text)
             return result
 
 

@@ -35,7 +35,7 @@ from receiver.readiness import ReadinessChecks
 from receiver.responses import json_error
 from receiver.secrets import FileSecret
 
-log = structlog.get_logger("receiver.app")
+log = structlog.get_logger(__name__)
 
 Background = AbstractAsyncContextManager[object]
 """A service that runs next to the HTTP server (the worker, the reconciler, retention)."""
@@ -69,7 +69,7 @@ def _error_middleware(metrics: Metrics) -> Middleware:
             detail = f"{request.method} {request.path}: {error.reason}"
             response = json_error(error.status, error.reason.lower(), detail, headers=headers)
         except Exception:
-            log.exception("unexpected error", method=request.method, path=request.path)
+            log.exception("http.internal_error", method=request.method, path=request.path)
             response = json_error(500, "internal error", "an unexpected error happened; see the service log")
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
@@ -171,7 +171,10 @@ async def serve(
     if problems:
         raise StartupError(problems)
     if config.webhook.allow_unauthenticated:
-        log.warning("webhook.allow_unauthenticated is true: anyone who reaches the port can post events")
+        log.warning(
+            "webhook.unauthenticated",
+            hint="webhook.allow_unauthenticated is true: anyone who reaches the port can post events",
+        )
     journal = journal_from_url(config.journal)
     await journal.open()
     stop = stop or asyncio.Event()
@@ -200,9 +203,9 @@ async def serve(
                 address = f"{config.listen_host}:{config.listen_port}"
                 raise StartupError([f"listen: cannot listen on {address}: {error.strerror}"]) from None
             where = {"host": config.listen_host, "port": config.listen_port, "journal": str(config.journal)}
-            log.info("listening", **where, max_connections=door.cap)
+            log.info("http.listening", **where, max_connections=door.cap)
             await stop.wait()
-            log.info("shutting down: finishing requests in flight", grace_seconds=SHUTDOWN_TIMEOUT_SECONDS)
+            log.info("http.stopping", grace_seconds=SHUTDOWN_TIMEOUT_SECONDS)
             await door.drain(SHUTDOWN_TIMEOUT_SECONDS)
         finally:
             door.close()

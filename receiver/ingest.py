@@ -26,7 +26,7 @@ from receiver.journal import AppendResult, Journal, NewDelivery
 from receiver.metrics import IngestResult, Metrics
 from receiver.responses import json_error, unavailable
 
-log = structlog.get_logger("receiver.ingest")
+log = structlog.get_logger(__name__)
 
 JSON_TYPE = "application/json"
 
@@ -86,7 +86,7 @@ class EventIngest:
         except _Refusal as refusal:
             self.metrics.events_received.labels(refusal.result.value).inc()
             log.info(
-                "event refused",
+                "event.refused",
                 status=refusal.status,
                 result=refusal.result.value,
                 error=refusal.error,
@@ -97,7 +97,7 @@ class EventIngest:
         accepted = IngestResult.DUPLICATE if result.duplicate else IngestResult.ACCEPTED
         self.metrics.events_received.labels(accepted.value).inc()
         log.info(
-            "event accepted",
+            "event.accepted",
             status=202,
             result=accepted.value,
             delivery_id=result.id,
@@ -178,7 +178,7 @@ class EventIngest:
         except Unauthorized as problem:
             raise _Refusal(IngestResult.UNAUTHORIZED, 401, "unauthorized", str(problem)) from None
         except CredentialsUnavailable:
-            log.error("no webhook key file can be read; check webhook.hmac_keys and webhook.bearer_tokens")
+            log.error("webhook.keys_unreadable", hint="check webhook.hmac_keys and webhook.bearer_tokens")
             raise _Refusal(
                 IngestResult.CREDENTIALS_UNAVAILABLE,
                 503,
@@ -213,7 +213,7 @@ class EventIngest:
                 result = await self.journal.append(delivery)
         except TimeoutError:
             self.appends.failed(f"no commit within {deadline:g} s")
-            log.warning("journal append timed out", timeout_seconds=deadline)
+            log.warning("ingest.journal_timeout", timeout_seconds=deadline)
             raise _Refusal(
                 IngestResult.JOURNAL_TIMEOUT,
                 503,
@@ -222,7 +222,7 @@ class EventIngest:
             ) from None
         except Exception as error:  # any journal failure means "not committed": Flux must retry
             self.appends.failed(type(error).__name__)
-            log.warning("journal cannot commit", error=str(error), error_type=type(error).__name__)
+            log.warning("ingest.journal_unavailable", error=str(error), error_type=type(error).__name__)
             raise _Refusal(
                 IngestResult.JOURNAL_UNAVAILABLE,
                 503,

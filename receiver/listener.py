@@ -39,7 +39,7 @@ from receiver.config import WebhookConfig
 from receiver.metrics import Metrics
 from receiver.responses import json_error
 
-log = structlog.get_logger("receiver.listener")
+log = structlog.get_logger(__name__)
 
 BACKLOG = 64
 """Kernel accept queue; also how many connections asyncio accepts in one go."""
@@ -104,7 +104,7 @@ class _Connection(web.RequestHandler):
             return super().handle_error(request, status, exc, message)
         # The parser's message quotes the offending line, which may carry a credential.
         self._door.metrics.http_malformed.inc()
-        log.warning("malformed HTTP request refused", error=type(exc).__name__, remote=request.remote)
+        log.warning("http.malformed_request", error=type(exc).__name__, remote=request.remote)
         response = json_error(400, "bad request", "the request line or a header is not valid HTTP/1.1")
         response.force_close()
         return response
@@ -190,12 +190,13 @@ class FrontDoor:
         if excess <= 0:
             if self._at_cap and len(open_now) < self.cap * 0.9:
                 self._at_cap = False
-                log.info("connections below the limit again", open=len(open_now), cap=self.cap)
+                log.info("http.connections_below_limit", open=len(open_now), cap=self.cap)
             return
         if not self._at_cap:
             self._at_cap = True
             log.warning(
-                "connection limit reached: closing the oldest connections that handle no request",
+                "http.connection_limit_reached",
+                hint="closing the oldest connections that handle no request",
                 cap=self.cap,
             )
         for connection in open_now:

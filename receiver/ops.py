@@ -33,7 +33,7 @@ from receiver.metrics import CONTENT_TYPE, Metrics
 from receiver.replay import replay
 from receiver.responses import json_error, unavailable
 
-log = structlog.get_logger("receiver.ops")
+log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 MAX_LIMIT = 1000
@@ -214,7 +214,7 @@ class Operations:
         try:
             depth = await self._bounded(self.journal.depth())
         except Exception as error:  # still serve the other metrics; the gauge keeps its last value
-            log.warning("cannot read journal depth for /metrics", error=str(error))
+            log.warning("metrics.journal_unavailable", error=str(error))
         else:
             for state in DeliveryState:
                 self.metrics.journal_depth.labels(state.value).set(depth.get(state, 0))
@@ -271,5 +271,5 @@ class Operations:
             return json_error(404, "not found", f"no delivery {delivery_id}")
         if refused is not None:
             return json_error(409, "not finished", f"delivery {delivery_id} {refused.reason}")
-        log.info("delivery replayed", delivery_id=delivery_id, remote=request.remote)
+        log.info("delivery.replayed", delivery_id=delivery_id, remote=request.remote)
         return web.json_response({"replayed": [delivery_id]}, status=202)

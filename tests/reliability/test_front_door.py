@@ -58,7 +58,7 @@ def test_connection_cap_under_a_low_descriptor_limit(fluxback: Start) -> None:
         for sock in idle:
             sock.close()
     log = server.log_text()
-    assert log.count("connection limit reached") == 1
+    assert log.count("http.connection_limit_reached") == 1
     assert "out of system resource" not in log
     assert "Too many open files" not in log
 
@@ -127,7 +127,7 @@ def test_malformed_headers_are_not_echoed_or_logged(fluxback: Start) -> None:
             "detail": "the request line or a header is not valid HTTP/1.1",
         }
     lines = server.log_lines()  # every line is JSON: no traceback
-    refused = [line for line in lines if line["event"] == "malformed HTTP request refused"]
+    refused = [line for line in lines if line["event"] == "http.malformed_request"]
     assert len(refused) == len(bad_requests)
     assert all(line["level"] == "warning" and "exception" not in line for line in refused)
     assert not [line for line in lines if line["level"] == "error"]

@@ -152,4 +152,5 @@ async def test_serve_warns_when_unauthenticated_events_are_allowed(
     await serve(config, stop=stop)
     first = json.loads(out.getvalue().splitlines()[0])
     assert first["level"] == "warning"
-    assert first["event"].startswith("webhook.allow_unauthenticated is true")
+    assert first["event"] == "webhook.unauthenticated"
+    assert first["hint"].startswith("webhook.allow_unauthenticated is true")

@@ -279,7 +279,7 @@ async def test_a_client_that_goes_away_mid_body(service: Service, reset_logging:
             break
         await asyncio.sleep(0.01)
     (line,) = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert (line["event"], line["status"], line["error"]) == ("event refused", 400, "incomplete body")
+    assert (line["event"], line["status"], line["error"]) == ("event.refused", 400, "incomplete body")
 
 
 async def test_503_when_the_journal_cannot_commit(tmp_path: Path) -> None:
@@ -358,7 +358,7 @@ async def test_one_log_line_per_request_without_secrets(service: Service, reset_
     await service.post_event(body)
     await service.post_event(body, flux_headers(body, bearer="wrong-bearer-value"))
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert [line["event"] for line in lines] == ["event accepted", "event refused"]
+    assert [line["event"] for line in lines] == ["event.accepted", "event.refused"]
     accepted, refused = lines
     assert accepted["object"] == "Kustomization/flux-system/data-pipelines"
     assert accepted["revision"] == f"main@sha1:{SHA}"
