@@ -16,7 +16,7 @@ from receiver.git_credentials import (
     password_helper,
     ssh_command,
 )
-from tests.unit.test_git import ProcessWatch
+from tests.helpers import ProcessWatch
 
 SECRET = "s3cr3t-token-for-the-helper-0123456789"
 
