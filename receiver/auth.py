@@ -72,8 +72,10 @@ def hmac_key_variants(raw: bytes) -> Iterator[bytes]:
     without one trailing newline.
 
     Flux >= 2.7 signs with the Secret's exact bytes, Flux <= 2.6 stripped them
-    (FACTS §3.3); a Secret made with `echo` has a newline that our own copy of the key
-    may lack, or the other way round. An empty key is never used: anyone can compute it.
+    (notification-controller v1.4-v1.6 applied `strings.TrimSpace` to the `token` key;
+    from v1.7 fluxcd/pkg `runtime/secrets` passes it unchanged); a Secret made with
+    `echo` has a newline that our own copy of the key may lack, or the other way round.
+    An empty key is never used: anyone can compute it.
     """
     stripped = raw.strip()
     if not stripped:

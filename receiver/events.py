@@ -1,13 +1,16 @@
 """The Flux event model: parsing, the commit a revision names, and what an event means.
 
-Flux's notification-controller POSTs one `eventv1.Event` per request (FACTS §1).
+Flux's notification-controller POSTs one `eventv1.Event` (fluxcd/pkg `apis/event/v1beta1`)
+per request, re-encoded as compact JSON by its forwarder (`internal/notifier/forwarder.go`).
 Parsing is lenient where Flux is (absent `metadata`, unknown keys) and strict
 where a wrong value would mislead the worker (severity, object identity,
 timestamp); every refusal names the JSON field so the 400 says what to fix.
 
 Classification turns (kind, severity, reason) into an `Outcome` with explicit
-tables taken from the controllers' reason lists (FACTS §5), so a reader can
-check every reason against its source. Judgement calls are commented where the
+tables taken from the controllers' reason lists (kustomize-controller
+`internal/controller/kustomization_controller.go`, helm-controller `api/v2/condition_types.go`
+and `internal/reconcile/`, source-controller's condition reasons), so a reader can check every
+reason against its source. Judgement calls are commented where the
 tables are defined.
 """
 
@@ -27,7 +30,8 @@ SEVERITIES = ("info", "error")
 
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 _CHART_SHORT_SHA = re.compile(r"[^+]+\+([0-9a-f]{12})(?:\.\d+)?")
-"""A chart version built from a Git source: `1.4.2+<12 hex>`, optionally `.<generation>` (FACTS §2.4)."""
+"""A chart version built from a Git source with `reconcileStrategy: Revision`: `1.4.2+<first 12 hex
+of the commit>`, optionally `.<generation>` (source-controller's `helmchart_controller.go`)."""
 
 
 class Outcome(StrEnum):
@@ -191,7 +195,7 @@ def parse_event(body: bytes) -> FluxEvent:
 
 
 def commit_from_revision(revision: str | None) -> str | None:
-    """The 40-hex Git commit a Flux revision names, or None (FACTS §2.3, §2.4).
+    """The 40-hex Git commit a Flux revision names, or None (formats of fluxcd/pkg `git/git.go`).
 
     `<ref>@sha1:<hex>`, `sha1:<hex>` and the legacy `<branch>/<hex>` or bare `<hex>`
     name a commit; `@sha256:` and `sha256:` are OCI or Bucket digests, never commits.

@@ -1,10 +1,10 @@
 """Play Flux's notification-controller in tests: the exact bytes and headers it sends.
 
-A `generic-hmac` provider POSTs compact JSON in Go's encoding (FACTS §1.3) with
-`X-Signature: sha256=<HMAC of the exact body>`; a `generic` provider sends the
-Secret's `headers` instead, which is how a bearer token arrives (FACTS §3).
-The payload files under `fixtures/flux/` are the FACTS §1.5 examples in that
-compact form; they end with a newline for editors, which `payload` removes.
+A `generic-hmac` provider POSTs compact JSON in Go's `encoding/json` form (no spaces, map
+keys sorted, `<>&` escaped) with `X-Signature: sha256=<HMAC of the exact body>`; a `generic`
+provider sends the Secret's `headers` instead, which is how a bearer token arrives.
+The payload files under `fixtures/flux/` are events as notification-controller forwards them,
+in that compact form; they end with a newline for editors, which `payload` removes.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ EXAMPLES = (
     "g_ocirepository_new_artifact",
     "g_kustomization_from_oci",
 )
-"""The FACTS §1.5 examples A-G (G with the Kustomization that applies the OCI artifact)."""
+"""The payloads A-G under fixtures/flux/ (G with the Kustomization that applies the OCI artifact)."""
 
 
 def payload(name: str) -> bytes:

@@ -3,7 +3,7 @@
 Airflow lives in its own virtualenv under `<repo>/.cache/` (it needs ~300 MB and its own
 pinned dependencies, which must not leak into Fluxback's). The four components run as
 separate processes, each the leader of its own process group, so teardown can stop every
-fork they make. The set-up follows the measured lab recipe in shared/airflow/FACTS.md §1:
+fork they make. The set-up is the smallest one that runs every Airflow 3 component:
 SQLite, LocalExecutor with 4 slots, SimpleAuthManager with a passwords file, and fixed
 secrets so that tests can craft their own tokens.
 """
@@ -111,7 +111,7 @@ class AirflowServer:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def environment(self) -> dict[str, str]:
-        """The environment of every Airflow process (FACTS §1.2, with fresh ports and paths)."""
+        """The environment of every Airflow process, with this run's ports and paths."""
         env = {
             key: value
             for key, value in os.environ.items()

@@ -1,4 +1,5 @@
-"""HMAC and bearer verification against the upstream vectors of FACTS §1.4, key rotation, admin tokens."""
+"""HMAC and bearer verification against notification-controller's own test vector (its
+`internal/notifier/forwarder_test.go`), key rotation, admin tokens."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def test_upstream_vector_verifies_byte_exactly(tmp_path: Path) -> None:
 def test_example_a_vectors_with_and_without_trailing_newline(
     tmp_path: Path, file_content: bytes, signature: str
 ) -> None:
-    """Flux >= 2.7 signs with the Secret's exact bytes, <= 2.6 with them stripped (FACTS §3.3)."""
+    """Flux >= 2.7 signs with the Secret's exact bytes, <= 2.6 with them stripped."""
     body = payload("a_kustomization_reconciliation_succeeded")
     assert len(body) == 578
     assert HmacKeys([_secret(tmp_path, "key", file_content)]).verify(signature, body)

@@ -1,4 +1,5 @@
-"""The event model against FACTS §1, §2 and §5: payloads, revisions, outcomes, dedupe keys."""
+"""The event model against Flux's payloads (tests/fixtures/flux/), revision formats, the
+controllers' reasons as outcomes, and dedupe keys."""
 
 from __future__ import annotations
 
