@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -20,20 +21,15 @@ from datetime import UTC, datetime
 
 from receiver.app import StartupError, run
 from receiver.config import Config, ConfigError, config_schema_text, load_config, read_config_file
-from receiver.journal import (
-    DeliveryFilter,
-    DeliveryState,
-    DeliverySummary,
-    Journal,
-    JournalUnavailable,
-    journal_from_url,
-)
+from receiver.explain import Page, Story, explained, listed_json, story, story_json
+from receiver.journal import DeliveryFilter, DeliveryState, Journal, JournalUnavailable, journal_from_url
 from receiver.log import configure_logging
+from receiver.ops import airflow_links
 from receiver.replay import NotReplayed, replay
 from receiver.service import background_services
+from receiver.terminal import story_text, table
 
-_LONG_HEX = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{28,52}\b")
-_MAX_NOTE = 60
+_ASCII_ID = re.compile(r"[0-9]{1,18}")
 
 
 def _load(args: argparse.Namespace) -> Config | None:
@@ -79,39 +75,6 @@ def _config_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _short(revision: str) -> str:
-    """A revision with its long hashes cut to 12 characters, for a table that fits a terminal."""
-    return _LONG_HEX.sub(r"\1", revision)
-
-
-def _note(summary: DeliverySummary) -> str:
-    if summary.duplicate_of is not None:
-        return f"duplicate of {summary.duplicate_of}"
-    error = (summary.last_error or "").replace("\n", " ")
-    return error if len(error) <= _MAX_NOTE else error[: _MAX_NOTE - 1] + "…"
-
-
-def _format_table(deliveries: Sequence[DeliverySummary]) -> str:
-    """Deliveries as aligned columns, newest first."""
-    rows = [("ID", "STATE", "RECEIVED (UTC)", "OBJECT", "REASON", "OUTCOME", "REVISION", "TRIES", "NOTE")]
-    for d in deliveries:
-        rows.append(
-            (
-                str(d.id),
-                d.state.value,
-                d.received_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-                d.object_key,
-                d.reason,
-                d.outcome,
-                _short(d.revision or "-"),
-                str(d.attempts),
-                _note(d),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
-
-
 @asynccontextmanager
 async def _opened(config: Config) -> AsyncIterator[Journal]:
     journal = journal_from_url(config.journal)
@@ -122,9 +85,15 @@ async def _opened(config: Config) -> AsyncIterator[Journal]:
         await journal.close()
 
 
-async def _list(config: Config, query: DeliveryFilter) -> Sequence[DeliverySummary]:
+async def _list(config: Config, query: DeliveryFilter) -> Page:
     async with _opened(config) as journal:
-        return await journal.list(query)
+        return await explained(journal, query)
+
+
+async def _story(config: Config, delivery_id: int) -> Story | None:
+    async with _opened(config) as journal:
+        delivery = await journal.get(delivery_id)
+    return None if delivery is None else story(delivery, airflow_links(config))
 
 
 async def _replay(config: Config, ids: Sequence[int]) -> dict[int, NotReplayed | None]:
@@ -146,19 +115,40 @@ def _deliveries(args: argparse.Namespace) -> int:
     if config is None or _journal_missing(config):
         return 1
     configure_logging(config.log)
-    query = DeliveryFilter(
-        revision=args.revision,
-        object_key=args.object,
-        state=DeliveryState(args.state) if args.state else None,
-        dag_id=args.dag_id,
-        limit=args.limit,
-    )
     try:
-        found = asyncio.run(_list(config, query))
+        if args.show:
+            return _show(config, args.show, args.output)
+        query = DeliveryFilter(
+            revision=args.revision,
+            object_key=args.object,
+            state=DeliveryState(args.state) if args.state else None,
+            dag_id=args.dag_id,
+            limit=args.limit,
+        )
+        found = asyncio.run(_list(config, query)).deliveries
+        if args.verbose and args.output == "text":
+            links = airflow_links(config)
+            print("\n\n".join(story_text(story(d, links)) for d in found) or "no deliveries match")
+        elif args.output == "json":
+            print(json.dumps([listed_json(d) for d in found], indent=2))
+        else:
+            print(table(found) if found else "no deliveries match")
     except JournalUnavailable as error:
         print(f"error: journal: {error}", file=sys.stderr)
         return 1
-    print(_format_table(found) if found else "no deliveries match")
+    return 0
+
+
+def _show(config: Config, words: Sequence[str], output: str) -> int:
+    if len(words) != 2 or words[0] != "show" or not _ASCII_ID.fullmatch(words[1]):
+        print("error: usage: fluxback deliveries show ID (a delivery id, e.g. `show 42`)", file=sys.stderr)
+        return 2
+    delivery_id = int(words[1])
+    told = asyncio.run(_story(config, delivery_id))
+    if told is None:
+        print(f"error: delivery {delivery_id}: no such delivery", file=sys.stderr)
+        return 1
+    print(json.dumps(story_json(told), indent=2) if output == "json" else story_text(told))
     return 0
 
 
@@ -220,6 +210,16 @@ def _parser() -> argparse.ArgumentParser:
     deliveries.add_argument("--object", metavar="KIND/NAMESPACE/NAME")
     deliveries.add_argument("--dag-id")
     deliveries.add_argument("--limit", type=_positive, default=50)
+    deliveries.add_argument(
+        "--verbose", "-v", action="store_true", help="the whole story of each delivery instead of a table"
+    )
+    deliveries.add_argument("--output", "-o", choices=["text", "json"], default="text")
+    deliveries.add_argument(
+        "show",
+        nargs="*",
+        metavar="show ID",
+        help="the whole story of one delivery: event, commits and trailers, decisions, actions, links",
+    )
     deliveries.set_defaults(handler=_deliveries)
 
     replay = commands.add_parser("replay", parents=[common], help="process finished or dead deliveries again")

@@ -9,26 +9,19 @@ here and needs an admin token.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import structlog
 from aiohttp import web
 
 from receiver.auth import AdminAuth, CredentialsUnavailable, Forbidden, Unauthorized
 from receiver.config import Config
+from receiver.explain import AirflowLinks, explained, listed_json, story, story_json
 from receiver.health import Affects, Health
-from receiver.journal import (
-    Delivery,
-    DeliveryFilter,
-    DeliveryState,
-    DeliverySummary,
-    Journal,
-    JournalUnavailable,
-)
+from receiver.journal import DeliveryFilter, DeliveryState, Journal, JournalUnavailable
 from receiver.metrics import CONTENT_TYPE, Metrics
 from receiver.replay import replay
 from receiver.responses import json_error, unavailable
@@ -45,83 +38,8 @@ DELIVERY_ID = "[0-9]{1,19}"
 _ASCII_NUMBER = re.compile(DELIVERY_ID)
 
 
-class _BadQuery(Exception):
+class BadQuery(Exception):
     """A query parameter is wrong; the message names it."""
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
-
-
-def summary_json(summary: DeliverySummary) -> dict[str, Any]:
-    return {
-        "id": summary.id,
-        "state": summary.state.value,
-        "received_at": _iso(summary.received_at),
-        "updated_at": _iso(summary.updated_at),
-        "object": {
-            "kind": summary.kind,
-            "namespace": summary.namespace,
-            "name": summary.name,
-            "key": summary.object_key,
-        },
-        "reason": summary.reason,
-        "severity": summary.severity,
-        "outcome": summary.outcome,
-        "revision": summary.revision,
-        "commit": summary.commit,
-        "attempts": summary.attempts,
-        "next_attempt_at": _iso(summary.next_attempt_at),
-        "duplicate_of": summary.duplicate_of,
-        "last_error": summary.last_error,
-        "source": summary.source,
-    }
-
-
-def _event_json(body: bytes) -> Any:
-    """The event as Flux sent it; bodies were validated on the way in, so this is JSON."""
-    try:
-        return json.loads(body)
-    except ValueError:
-        return body.decode("utf-8", "replace")
-
-
-def delivery_json(delivery: Delivery) -> dict[str, Any]:
-    return {
-        **summary_json(delivery),
-        "authenticated_by": delivery.authenticated_by,
-        "event": _event_json(delivery.body),
-        "decisions": [
-            {"at": _iso(d.at), "text": d.text, "fields": dict(d.fields)} for d in delivery.decisions
-        ],
-        "correlations": [
-            {
-                "commit": c.commit,
-                "committed_at": _iso(c.committed_at),
-                "subject": c.subject,
-                "dag_id": c.dag_id,
-                "run_id": c.run_id,
-                "task_ids": list(c.task_ids),
-                "map_index": c.map_index,
-                "instance": c.instance,
-                "verdict": c.verdict,
-            }
-            for c in delivery.correlations
-        ],
-        "actions": [
-            {
-                "key": a.key,
-                "kind": a.kind,
-                "target": dict(a.target),
-                "state": a.state.value,
-                "result": a.result,
-                "attempts": a.attempts,
-                "created_at": _iso(a.created_at),
-                "updated_at": _iso(a.updated_at),
-            }
-            for a in delivery.actions
-        ],
-    }
 
 
 def _int_param(query: Mapping[str, str], name: str, low: int, high: int) -> int | None:
@@ -129,27 +47,27 @@ def _int_param(query: Mapping[str, str], name: str, low: int, high: int) -> int 
     if text is None:
         return None
     if not _ASCII_NUMBER.fullmatch(text):
-        raise _BadQuery(f"{name}: must be a whole number written in ASCII digits")
+        raise BadQuery(f"{name}: must be a whole number written in ASCII digits")
     value = int(text)
     if not low <= value <= high:
-        raise _BadQuery(f"{name}: must be between {low} and {high}")
+        raise BadQuery(f"{name}: must be between {low} and {high}")
     return value
 
 
-def _delivery_filter(query: Mapping[str, str]) -> DeliveryFilter:
+def delivery_filter(query: Mapping[str, str]) -> DeliveryFilter:
     """Read the `/deliveries` query: revision, object (Kind/namespace/name), state, dag_id, limit, before.
 
     Raises:
-        _BadQuery: naming the parameter.
+        BadQuery: naming the parameter.
     """
     obj = query.get("object") or None
     if obj is not None and (obj.count("/") != 2 or not all(obj.split("/"))):
-        raise _BadQuery("object: must be Kind/namespace/name")
+        raise BadQuery("object: must be Kind/namespace/name")
     state_text = query.get("state") or None
     try:
         state = DeliveryState(state_text) if state_text else None
     except ValueError:
-        raise _BadQuery(f"state: must be one of {', '.join(s.value for s in DeliveryState)}") from None
+        raise BadQuery(f"state: must be one of {', '.join(s.value for s in DeliveryState)}") from None
     return DeliveryFilter(
         revision=query.get("revision") or None,
         object_key=obj,
@@ -158,6 +76,11 @@ def _delivery_filter(query: Mapping[str, str]) -> DeliveryFilter:
         limit=_int_param(query, "limit", 1, MAX_LIMIT) or DeliveryFilter.limit,
         before_id=_int_param(query, "before", 1, _MAX_ID),
     )
+
+
+def airflow_links(config: Config) -> AirflowLinks:
+    """Links into the UI of each configured Airflow instance."""
+    return AirflowLinks({name: instance.url for name, instance in config.airflow.instances.items()})
 
 
 class Operations:
@@ -171,6 +94,7 @@ class Operations:
         self.metrics = metrics
         self.admin = admin
         self.health = health
+        self.links = airflow_links(config)
 
     async def _bounded(self, call: Awaitable[T]) -> T:
         """A journal call within journal_timeout_seconds: a hung commit must not hang the probes.
@@ -224,17 +148,17 @@ class Operations:
 
     async def list_deliveries(self, request: web.Request) -> web.Response:
         try:
-            query = _delivery_filter(request.query)
-        except _BadQuery as problem:
+            query = delivery_filter(request.query)
+        except BadQuery as problem:
             return json_error(400, "bad query", str(problem))
         try:
-            found = await self._bounded(self.journal.list(query))
+            found = await self._bounded(explained(self.journal, query))
         except JournalUnavailable:
             return unavailable("journal unavailable", "the journal cannot be read right now")
         return web.json_response(
             {
-                "deliveries": [summary_json(s) for s in found],
-                "next_before": found[-1].id if len(found) == query.limit else None,
+                "deliveries": [listed_json(d) for d in found.deliveries],
+                "next_before": found.next_before,
             }
         )
 
@@ -248,7 +172,7 @@ class Operations:
             return unavailable("journal unavailable", "the journal cannot be read right now")
         if delivery is None:
             return json_error(404, "not found", f"no delivery {delivery_id}")
-        return web.json_response(delivery_json(delivery))
+        return web.json_response(story_json(story(delivery, self.links)))
 
     async def replay(self, request: web.Request) -> web.Response:
         try:

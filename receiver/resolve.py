@@ -15,6 +15,7 @@ from typing import Any
 from receiver.correlate import AuthoringRun, correlate
 from receiver.errors import PermanentError
 from receiver.events import commit_from_revision
+from receiver.explain import Cause
 from receiver.git import CommitInfo, Mirror, Mirrors
 from receiver.journal import Correlation, Delivery, Journal
 from receiver.rules import EventFacts, Policy
@@ -53,30 +54,35 @@ class Resolver:
         """Raises TemporaryError when a mirror cannot be fetched, or the cluster not read, now."""
         if delivery.outcome not in ACTIONABLE_OUTCOMES:
             return await self._finish(
-                delivery, f"{delivery.reason} is a {delivery.outcome} event: nothing to act on"
+                delivery,
+                f"{delivery.reason} is a {delivery.outcome} event: nothing to act on",
+                Cause.NOT_ACTIONABLE,
             )
         if delivery.commit is None:
             return await self._rules_only(
-                delivery, f"no commit in revision {delivery.revision!r}: only rules apply"
+                delivery, f"no commit in revision {delivery.revision!r}: only rules apply", Cause.NO_COMMIT
             )
         located = self._mirrors.for_object(delivery.kind, delivery.namespace, delivery.name)
         if isinstance(located, str):
-            return await self._rules_only(delivery, f"{located}: only rules apply")
+            return await self._rules_only(delivery, f"{located}: only rules apply", Cause.NO_REPOSITORY)
         mirror, path = located
         try:
             sha = await self._applied_commit(delivery, delivery.commit, mirror)
         except PermanentError as problem:  # unknown after a fetch, ambiguous short sha: retrying cannot help
             return await self._rules_only(
-                delivery, f"{problem}: commits cannot be correlated; only rules apply"
+                delivery, f"{problem}: commits cannot be correlated; only rules apply", Cause.GIT_PROBLEM
             )
         state = await self._journal.object_state(delivery.object_key)
         if delivery.outcome == "success" and state.last_applied == sha:
             return await self._finish(
-                delivery, f"revision {sha[:12]} was already applied: nothing new", commit=sha
+                delivery,
+                f"revision {sha[:12]} was already applied: nothing new",
+                Cause.NOTHING_NEW,
+                commit=sha,
             )
         if delivery.outcome == "failure" and state.last_failed == sha:
             return await self._finish(
-                delivery, f"failure of revision {sha[:12]} was already handled", commit=sha
+                delivery, f"failure of revision {sha[:12]} was already handled", Cause.NOTHING_NEW, commit=sha
             )
         applied = await mirror.commits_applied(state.last_applied, sha, path)
         basis = _basis_text(applied.basis, state.last_applied, sha, len(applied.commits), path)
@@ -90,12 +96,12 @@ class Resolver:
             commit=sha, commits=applied.commits, runs=correlated.runs, refused=correlated.refused
         )
 
-    async def _finish(self, delivery: Delivery, why: str, **fields: Any) -> Resolution:
-        await self._journal.add_decision(delivery.id, why, **fields)
+    async def _finish(self, delivery: Delivery, why: str, cause: Cause, **fields: Any) -> Resolution:
+        await self._journal.add_decision(delivery.id, why, cause=cause, **fields)
         return Resolution(finished=why)
 
-    async def _rules_only(self, delivery: Delivery, why: str) -> Resolution:
-        await self._journal.add_decision(delivery.id, why)
+    async def _rules_only(self, delivery: Delivery, why: str, cause: Cause) -> Resolution:
+        await self._journal.add_decision(delivery.id, why, cause=cause)
         return Resolution()
 
     async def _applied_commit(self, delivery: Delivery, commit: str, mirror: Mirror) -> str:

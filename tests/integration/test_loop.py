@@ -89,6 +89,10 @@ async def test_success_marks_the_waiting_task_and_the_run_goes_on(
 
     assert delivery["state"] == "done"
     assert action_states(delivery) == [("mark_task", "done")]
+    assert delivery["why"] == {
+        "cause": "acted",
+        "text": f"task {WAIT_TASK} of {WAIT_DAG} run {run_id}: marked success",
+    }
     assert await airflow_ready.wait_for_run_state(WAIT_DAG, run_id) == "success"
     states = airflow_ready.task_states(WAIT_DAG, run_id)
     assert (states[WAIT_TASK], states["after_deploy"], states["rollback"]) == (
@@ -288,6 +292,7 @@ async def test_a_dag_the_policy_does_not_allow_is_refused_visibly(
     assert "not allowed for Kustomization/flux-system/apps by the policy" in correlation["verdict"]
     listed = await fluxback.get("/deliveries", revision=sha)
     assert [d["id"] for d in listed["deliveries"]] == [delivery["id"]]
+    assert listed["deliveries"][0]["why"] == {"cause": "refused", "text": correlation["verdict"]}
     assert airflow_ready.task_states(WAIT_DAG, run_id)[WAIT_TASK] == "deferred"
 
 
@@ -303,6 +308,9 @@ async def test_an_unknown_run_is_a_permanent_error_not_retried(
     [action] = delivery["actions"]
     assert action["state"] == "permanent_error"
     assert "404" in action["result"] and "no_such_run" in action["result"]
+    [listed] = (await fluxback.get("/deliveries", revision=sha))["deliveries"]
+    assert listed["why"]["cause"] == "action_failed"
+    assert listed["why"]["text"].startswith(f"Airflow 404: dag run not found: dag {WAIT_DAG} run no_such_run")
 
 
 async def test_a_mapped_wait_is_marked_at_every_index_or_at_the_one_named(

@@ -112,7 +112,7 @@ def test_deliveries_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["deliveries", "--config", str(path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == [
-        "ID", "STATE", "RECEIVED", "(UTC)", "OBJECT", "REASON", "OUTCOME", "REVISION", "TRIES", "NOTE"
+        "ID", "STATE", "RECEIVED", "(UTC)", "OBJECT", "REASON", "OUTCOME", "REVISION", "TRIES", "WHY"
     ]  # fmt: skip
     assert [line.split()[0] for line in lines[1:]] == [str(i) for i in reversed(ids)]
     assert "main@sha1:3b9f1c2a7d4e " in lines[2] + " "
