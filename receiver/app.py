@@ -30,7 +30,8 @@ from receiver.ingest import EventIngest
 from receiver.journal import Journal, journal_from_url
 from receiver.listener import FrontDoor, connection_args
 from receiver.metrics import Metrics
-from receiver.ops import DELIVERY_ID, Operations
+from receiver.ops import DELIVERY_ID, Operations, airflow_links
+from receiver.page import StatusPage
 from receiver.readiness import ReadinessChecks
 from receiver.responses import json_error
 from receiver.secrets import FileSecret
@@ -149,6 +150,9 @@ def build_app(
     app.router.add_get("/deliveries", ops.list_deliveries)
     app.router.add_get(f"/deliveries/{{id:{DELIVERY_ID}}}", ops.get_delivery)
     app.router.add_post(f"/deliveries/{{id:{DELIVERY_ID}}}/replay", ops.replay)
+    page = StatusPage(journal, airflow_links(config))
+    app.router.add_get("/", page.index)
+    app.router.add_get(f"/deliveries/{{id:{DELIVERY_ID}}}/story", page.delivery)
     if background:
         app.cleanup_ctx.append(_background_context(background))
     return app
