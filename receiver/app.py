@@ -147,6 +147,7 @@ def build_app(
     app.router.add_get("/healthz/details", ops.health_details)
     app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/metrics", ops.metrics_text)
+    app.router.add_get("/openapi.yaml", ops.openapi)
     app.router.add_get("/deliveries", ops.list_deliveries)
     app.router.add_get(f"/deliveries/{{id:{DELIVERY_ID}}}", ops.get_delivery)
     app.router.add_post(f"/deliveries/{{id:{DELIVERY_ID}}}/replay", ops.replay)

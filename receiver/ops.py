@@ -12,6 +12,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
+from importlib import resources
 from typing import TypeVar
 
 import structlog
@@ -36,6 +37,10 @@ DELIVERY_ID = "[0-9]{1,19}"
 """A delivery id in a path: ASCII digits only (`\\d` also takes other scripts' digits), at most
 19 of them (`_MAX_ID` has 19)."""
 _ASCII_NUMBER = re.compile(DELIVERY_ID)
+
+
+OPENAPI = resources.files("receiver").joinpath("openapi.yaml")
+"""The HTTP API's description (docs/openapi.yaml links to it), shipped inside the package."""
 
 
 class BadQuery(Exception):
@@ -95,6 +100,7 @@ class Operations:
         self.admin = admin
         self.health = health
         self.links = airflow_links(config)
+        self._openapi = OPENAPI.read_bytes()
 
     async def _bounded(self, call: Awaitable[T]) -> T:
         """A journal call within journal_timeout_seconds: a hung commit must not hang the probes.
@@ -145,6 +151,9 @@ class Operations:
         response = web.Response(body=self.metrics.exposition())
         response.headers["Content-Type"] = CONTENT_TYPE
         return response
+
+    async def openapi(self, _: web.Request) -> web.Response:
+        return web.Response(body=self._openapi, content_type="application/yaml", charset="utf-8")
 
     async def list_deliveries(self, request: web.Request) -> web.Response:
         try:
