@@ -31,7 +31,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 MAX_LIMIT = 1000
-_MAX_ID = 2**63 - 1
+MAX_ID = 2**63 - 1
 """The largest row id SQLite (and PostgreSQL bigint) can hold; larger ids cannot exist."""
 DELIVERY_ID = "[0-9]{1,19}"
 """A delivery id in a path: ASCII digits only (`\\d` also takes other scripts' digits), at most
@@ -79,7 +79,7 @@ def delivery_filter(query: Mapping[str, str]) -> DeliveryFilter:
         state=state,
         dag_id=query.get("dag_id") or None,
         limit=_int_param(query, "limit", 1, MAX_LIMIT) or DeliveryFilter.limit,
-        before_id=_int_param(query, "before", 1, _MAX_ID),
+        before_id=_int_param(query, "before", 1, MAX_ID),
     )
 
 
@@ -173,7 +173,7 @@ class Operations:
 
     async def get_delivery(self, request: web.Request) -> web.Response:
         delivery_id = int(request.match_info["id"])
-        if delivery_id > _MAX_ID:
+        if delivery_id > MAX_ID:
             return json_error(404, "not found", f"no delivery {delivery_id}")
         try:
             delivery = await self._bounded(self.journal.get(delivery_id))
@@ -193,7 +193,7 @@ class Operations:
         except CredentialsUnavailable:
             return unavailable("credentials unavailable", "the admin token files cannot be read")
         delivery_id = int(request.match_info["id"])
-        if delivery_id > _MAX_ID:
+        if delivery_id > MAX_ID:
             return json_error(404, "not found", f"no delivery {delivery_id}")
         try:
             outcome = await self._bounded(replay(self.journal, [delivery_id], datetime.now(UTC)))

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from receiver.explain import AirflowLinks, explained, story
 from receiver.journal import DeliveryState, Journal, JournalUnavailable
-from receiver.ops import BadQuery, delivery_filter
+from receiver.ops import MAX_ID, BadQuery, delivery_filter
 
 PAGE_SIZE = 50
 _FILTERS = ("revision", "object", "state", "dag_id")
@@ -76,7 +76,9 @@ class StatusPage:
         return _html("index.html", {**base, "rows": rows, "older": older})
 
     async def delivery(self, request: web.Request) -> web.Response:
-        delivery_id = int(request.match_info["id"])
+        delivery_id = int(request.match_info["id"])  # the route allows ASCII digits, 19 at most
+        if delivery_id > MAX_ID:
+            return _html("missing.html", {"text": f"no delivery {delivery_id}"}, 404)
         try:
             found = await self._journal.get(delivery_id)
         except JournalUnavailable:

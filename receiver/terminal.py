@@ -89,7 +89,8 @@ def story_text(told: Story) -> str:
         f"  object:   {d.object_key}",
         f"  event:    {d.reason} ({d.outcome}, severity {d.severity})",
         f"  revision: {d.revision or '-'}",
-        f"  received: {_time(d.received_at)} UTC, {d.attempts} attempt(s), by {d.authenticated_by}",
+        f"  received: {_time(d.received_at)} UTC, {d.attempts} attempt(s)",
+        f"  source:   {d.source}, authenticated by {d.authenticated_by}",
         f"  why:      {told.why.cause.value}: {told.why.text}",
     ]
     if d.duplicate_of is not None:
