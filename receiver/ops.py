@@ -35,7 +35,7 @@ MAX_ID = 2**63 - 1
 """The largest row id SQLite (and PostgreSQL bigint) can hold; larger ids cannot exist."""
 DELIVERY_ID = "[0-9]{1,19}"
 """A delivery id in a path: ASCII digits only (`\\d` also takes other scripts' digits), at most
-19 of them (`_MAX_ID` has 19)."""
+19 of them (`MAX_ID` has 19)."""
 _ASCII_NUMBER = re.compile(DELIVERY_ID)
 
 
