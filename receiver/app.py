@@ -151,7 +151,7 @@ def build_app(
     app.router.add_get("/deliveries", ops.list_deliveries)
     app.router.add_get(f"/deliveries/{{id:{DELIVERY_ID}}}", ops.get_delivery)
     app.router.add_post(f"/deliveries/{{id:{DELIVERY_ID}}}/replay", ops.replay)
-    page = StatusPage(journal, airflow_links(config))
+    page = StatusPage(journal, airflow_links(config), ops.bounded)
     app.router.add_get("/", page.index)
     app.router.add_get(f"/deliveries/{{id:{DELIVERY_ID}}}/story", page.delivery)
     if background:

@@ -102,7 +102,7 @@ class Operations:
         self.links = airflow_links(config)
         self._openapi = OPENAPI.read_bytes()
 
-    async def _bounded(self, call: Awaitable[T]) -> T:
+    async def bounded(self, call: Awaitable[T]) -> T:
         """A journal call within journal_timeout_seconds: a hung commit must not hang the probes.
 
         Raises:
@@ -142,7 +142,7 @@ class Operations:
     async def metrics_text(self, _: web.Request) -> web.Response:
         await self.health.details()
         try:
-            depth = await self._bounded(self.journal.depth())
+            depth = await self.bounded(self.journal.depth())
         except Exception as error:  # still serve the other metrics; the gauge keeps its last value
             log.warning("metrics.journal_unavailable", error=str(error))
         else:
@@ -161,7 +161,7 @@ class Operations:
         except BadQuery as problem:
             return json_error(400, "bad query", str(problem))
         try:
-            found = await self._bounded(explained(self.journal, query))
+            found = await self.bounded(explained(self.journal, query))
         except JournalUnavailable:
             return unavailable("journal unavailable", "the journal cannot be read right now")
         return web.json_response(
@@ -176,7 +176,7 @@ class Operations:
         if delivery_id > MAX_ID:
             return json_error(404, "not found", f"no delivery {delivery_id}")
         try:
-            delivery = await self._bounded(self.journal.get(delivery_id))
+            delivery = await self.bounded(self.journal.get(delivery_id))
         except JournalUnavailable:
             return unavailable("journal unavailable", "the journal cannot be read right now")
         if delivery is None:
@@ -196,7 +196,7 @@ class Operations:
         if delivery_id > MAX_ID:
             return json_error(404, "not found", f"no delivery {delivery_id}")
         try:
-            outcome = await self._bounded(replay(self.journal, [delivery_id], datetime.now(UTC)))
+            outcome = await self.bounded(replay(self.journal, [delivery_id], datetime.now(UTC)))
         except JournalUnavailable:
             return unavailable("journal unavailable", "the journal cannot commit right now")
         refused = outcome[delivery_id]

@@ -11,7 +11,8 @@ default and `|safe` (never used here) the visible exception.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
+from typing import Protocol, TypeVar
 
 import jinja2
 from aiohttp import web
@@ -19,6 +20,15 @@ from aiohttp import web
 from receiver.explain import AirflowLinks, explained, story
 from receiver.journal import DeliveryState, Journal, JournalUnavailable
 from receiver.ops import MAX_ID, BadQuery, delivery_filter
+
+T = TypeVar("T")
+
+
+class Bounded(Protocol):
+    """Runs a journal call within the service's journal deadline (`Operations.bounded`)."""
+
+    def __call__(self, call: Awaitable[T], /) -> Awaitable[T]: ...
+
 
 PAGE_SIZE = 50
 _FILTERS = ("revision", "object", "state", "dag_id")
@@ -47,9 +57,10 @@ def _html(template: str, context: Mapping[str, object], status: int = 200) -> we
 class StatusPage:
     """Handlers for the HTML pages; everything they show comes from `receiver.explain`."""
 
-    def __init__(self, journal: Journal, links: AirflowLinks) -> None:
+    def __init__(self, journal: Journal, links: AirflowLinks, bounded: Bounded) -> None:
         self._journal = journal
         self._links = links
+        self._bounded = bounded
 
     async def index(self, request: web.Request) -> web.Response:
         chosen = {name: request.query.get(name, "") for name in _FILTERS}
@@ -66,7 +77,7 @@ class StatusPage:
         except BadQuery as problem:
             return _html("index.html", {**base, "error": str(problem)}, 400)
         try:
-            page = await explained(self._journal, query)
+            page = await self._bounded(explained(self._journal, query))
         except JournalUnavailable:
             return _html("index.html", {**base, "error": "the journal cannot be read right now"}, 503)
         older = None
@@ -80,7 +91,7 @@ class StatusPage:
         if delivery_id > MAX_ID:
             return _html("missing.html", {"text": f"no delivery {delivery_id}"}, 404)
         try:
-            found = await self._journal.get(delivery_id)
+            found = await self._bounded(self._journal.get(delivery_id))
         except JournalUnavailable:
             return _html("missing.html", {"text": "the journal cannot be read right now"}, 503)
         if found is None:
