@@ -16,10 +16,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from receiver.git import ObjectSource
-from receiver.kube.kinds import GIT_REPOSITORY, HELM_RELEASE, KUSTOMIZATION, WATCHED, FluxKind
+from receiver.kube.kinds import GIT_REPOSITORY, HELM_RELEASE, KUSTOMIZATION, OCI_REPOSITORY, WATCHED, FluxKind
 
 APPLIED_BY_NAME = "kustomize.toolkit.fluxcd.io/name"
 APPLIED_BY_NAMESPACE = "kustomize.toolkit.fluxcd.io/namespace"
+OCI_SOURCE = "org.opencontainers.image.source"
+OCI_REVISION = "org.opencontainers.image.revision"
 
 
 def _field(obj: Mapping[str, Any] | None, *path: str) -> Any:
@@ -85,11 +87,25 @@ class Discovery:
         source_namespace = _text(obj, "spec", "sourceRef", "namespace") or namespace
         if source_kind != GIT_REPOSITORY.kind:
             name = _text(obj, "metadata", "name")
+            origin = self._built_from(source_kind, source_namespace, source_name)
             return (
                 f"Kustomization {namespace}/{name} applies {source_kind or 'a source'}"
-                f" {source_namespace}/{source_name}, not a GitRepository: map it in git.objects"
+                f" {source_namespace}/{source_name}{origin}, not a GitRepository: map it in git.objects"
             )
         return self._git_source(source_namespace, source_name, _text(obj, "spec", "path"))
+
+    def _built_from(self, kind: str, namespace: str, name: str) -> str:
+        """For an OCI artifact pushed from Git (`flux push artifact --source`): where it came from.
+
+        The artifact's folder in that repository is not recorded anywhere, so it is named for
+        the operator's git.objects entry rather than guessed (a wrong folder would let commits
+        of other folders speak for Airflow runs).
+        """
+        if kind != OCI_REPOSITORY.kind:
+            return ""
+        artifact = _field(self._objects.get((kind, namespace, name)), "status", "artifact", "metadata")
+        source, revision = _text(artifact, OCI_SOURCE), _text(artifact, OCI_REVISION)
+        return f" (built from {source} at {revision})" if source else ""
 
     def _helm_release(self, obj: Mapping[str, Any], namespace: str) -> ObjectSource | str:
         chart = _field(obj, "spec", "chart", "spec")

@@ -9,7 +9,7 @@ import pytest
 from receiver.config import GitConfig, GitObject, GitRepository
 from receiver.git import Mirrors, ObjectSource, TemporaryMirrorError
 from receiver.kube.discovery import Discovery
-from receiver.kube.kinds import GIT_REPOSITORY, HELM_RELEASE, KUSTOMIZATION, WATCHED
+from receiver.kube.kinds import GIT_REPOSITORY, HELM_RELEASE, KUSTOMIZATION, OCI_REPOSITORY, WATCHED
 from tests.kube_cluster import git_repository, helm_release, kustomization
 
 FLEET = "https://git.example.com/fleet.git"
@@ -54,6 +54,21 @@ def test_what_cannot_be_traced_says_why() -> None:
     assert discovery.locate("Kustomization", "flux-system", "oci") == (
         "Kustomization flux-system/oci applies OCIRepository flux-system/manifests, not a GitRepository:"
         " map it in git.objects"
+    )
+    pushed = {
+        "url": "oci://registry/manifests",
+        "metadata": {
+            "org.opencontainers.image.source": FLEET,
+            "org.opencontainers.image.revision": "main@sha1:" + "a" * 40,
+        },
+    }
+    discovery.update(
+        OCI_REPOSITORY,
+        {"metadata": {"namespace": "flux-system", "name": "manifests"}, "status": {"artifact": pushed}},
+    )
+    assert discovery.locate("Kustomization", "flux-system", "oci") == (
+        f"Kustomization flux-system/oci applies OCIRepository flux-system/manifests (built from {FLEET} at"
+        f" main@sha1:{'a' * 40}), not a GitRepository: map it in git.objects"
     )
     located = discovery.locate("HelmRelease", "apps", "redis")
     assert isinstance(located, str) and "no Git commit to trace" in located
