@@ -22,7 +22,7 @@ from receiver.app import Background
 from receiver.config import Config
 from receiver.git import Mirrors, ObjectLocator
 from receiver.journal import Journal
-from receiver.kube import Cluster
+from receiver.kube import Cluster, KubernetesEvents
 from receiver.metrics import Metrics
 from receiver.pipeline import Observer, Pipeline
 from receiver.readiness import ReadinessChecks
@@ -123,8 +123,9 @@ def background_services(
         ]
     cluster = Cluster(config.kubernetes, journal, metrics)
     readiness.add(cluster.problems)
+    events = [KubernetesEvents(cluster.recorder)] if cluster.recorder is not None else []
     return [
-        worker_service(config, journal, metrics, locator=cluster.discovery),
+        worker_service(config, journal, metrics, locator=cluster.discovery, observers=events),
         _running("retention", lambda: prune_forever(journal, config.retention)),
         _running("kubernetes", cluster.run),
     ]

@@ -48,11 +48,12 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], seconds: float
 
 
 def declare_flux_kinds(server: kmock.KubernetesEmulator) -> None:
-    """An empty list for each watched kind instead of kmock's 404 for a kind without objects."""
+    """An empty list for each watched kind (and Events) instead of kmock's 404 for a kind without objects."""
     for kind in WATCHED:
         server.resources[f"{kind.group}/{kind.version}/{kind.plural}"] = kmock.ResourceInfo(
             namespaced=True, kind=kind.kind
         )
+    server.resources["events.k8s.io/v1/events"] = kmock.ResourceInfo(namespaced=True, kind="Event")
 
 
 @asynccontextmanager

@@ -14,6 +14,7 @@ from typing import Any
 
 import kmock
 import pytest
+from kmock import KubernetesError, resource
 from kubernetes_asyncio.client import CustomObjectsApi
 
 from receiver.kube.kinds import GIT_REPOSITORY, KUSTOMIZATION
@@ -35,6 +36,7 @@ from tests.kube_cluster import (
 )
 
 pytestmark = pytest.mark.integration
+EVENTS = "events.k8s.io/v1/events"
 __all__ = ["airflow_ready"]  # the module-scoped fixture, shared with test_loop
 
 StartFluxback = Callable[..., FluxbackService]
@@ -112,10 +114,17 @@ async def marked_once(airflow: AirflowServer, service: FluxbackService, run_id: 
 
 
 async def test_no_webhook_the_status_moves_and_the_task_is_marked_once(
-    airflow_ready: AirflowServer, gitops: GitOpsRepo, flux: CustomObjectsApi, fluxback: FluxbackService
+    airflow_ready: AirflowServer,
+    gitops: GitOpsRepo,
+    flux: CustomObjectsApi,
+    fluxback: FluxbackService,
+    kmock: kmock.KubernetesEmulator,
 ) -> None:
     base = await applied_base(gitops, flux, fluxback)
     run_id = await waiting_run(airflow_ready)
+    refused = gitops.commit(
+        {"apps/x.yaml": "x: 1\n"}, "names a DAG the policy refuses", trailers("r", "other")
+    )
     sha = gitops.commit({"apps/model.yaml": "image: model:2\n"}, "deploy model 2", trailers(run_id))
 
     await set_status(flux, KUSTOMIZATION, "flux-system", "apps", applied(GitOpsRepo.revision(sha)))
@@ -123,6 +132,50 @@ async def test_no_webhook_the_status_moves_and_the_task_is_marked_once(
     deliveries = await marked_once(airflow_ready, fluxback, run_id)
     assert {d["source"] for d in deliveries} == {"kubernetes"}
     assert [d["commit"] for d in deliveries] == [sha, base]
+    # kubectl describe kustomization apps: what Fluxback did, and what it refused.
+    await eventually(lambda: len(recorded_events(kmock)) == 2, seconds=15)
+    events = {e["reason"]: e for e in recorded_events(kmock)}
+    assert {e["regarding"]["name"] for e in events.values()} == {"apps"}
+    marked = events["AirflowTaskMarked"]
+    assert (
+        f"{WAIT_TASK} of {WAIT_DAG} run {run_id}: marked success" in marked["note"]
+        and f"delivery {deliveries[0]['id']}" in marked["note"]
+    )
+    assert (
+        events["CorrelationRefused"]["type"] == "Warning"
+        and refused[:12] in events["CorrelationRefused"]["note"]
+    )
+
+
+def recorded_events(cluster: kmock.KubernetesEmulator) -> list[dict[str, Any]]:
+    return [dict(obj.raw) for (resource, _, _), obj in cluster.objects.items() if resource.plural == "events"]
+
+
+@pytest.mark.parametrize("status", [500, 403])
+async def test_an_events_api_that_fails_changes_nothing_else(
+    airflow_ready: AirflowServer,
+    gitops: GitOpsRepo,
+    flux: CustomObjectsApi,
+    fluxback: FluxbackService,
+    kmock: kmock.KubernetesEmulator,
+    status: int,
+) -> None:
+    kmock["post", resource(EVENTS)] << KubernetesError(status=status, reason="Refused")
+    await applied_base(gitops, flux, fluxback)
+    run_id = await waiting_run(airflow_ready)
+    gitops.commit({"apps/x.yaml": "x: 1\n"}, "names a DAG the policy refuses", trailers("r", "other"))
+    sha = gitops.commit({"apps/model.yaml": "image: model:7\n"}, "deploy model 7", trailers(run_id))
+
+    await set_status(flux, KUSTOMIZATION, "flux-system", "apps", applied(GitOpsRepo.revision(sha)))
+
+    await marked_once(airflow_ready, fluxback, run_id)
+
+    async def failures_counted() -> bool:
+        text = await fluxback.metrics_text()
+        return 'fluxback_kube_events_total{reason="AirflowTaskMarked",outcome="failed"} 1.0' in text
+
+    await eventually(failures_counted, seconds=15)
+    assert 'outcome="recorded"' not in await fluxback.metrics_text()
 
 
 async def test_the_webhook_arriving_too_still_marks_once(
