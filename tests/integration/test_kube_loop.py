@@ -16,6 +16,7 @@ import kmock
 import pytest
 from kmock import KubernetesError, resource
 from kubernetes_asyncio.client import CustomObjectsApi
+from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.kube.kinds import GIT_REPOSITORY, KUSTOMIZATION
 from tests.gitops import GitOpsRepo
@@ -170,12 +171,21 @@ async def test_an_events_api_that_fails_changes_nothing_else(
 
     await marked_once(airflow_ready, fluxback, run_id)
 
-    async def failures_counted() -> bool:
-        text = await fluxback.metrics_text()
-        return 'fluxback_kube_events_total{reason="AirflowTaskMarked",outcome="failed"} 1.0' in text
+    async def events(outcome: str) -> float:
+        families = text_string_to_metric_families(await fluxback.metrics_text())
+        found = [
+            sample.value
+            for family in families
+            for sample in family.samples
+            if sample.name == "fluxback_kube_events_total" and sample.labels["outcome"] == outcome
+        ]
+        return sum(found)
 
-    await eventually(failures_counted, seconds=15)
-    assert 'outcome="recorded"' not in await fluxback.metrics_text()
+    async def both_failed() -> bool:
+        return await events("failed") == 2  # the refusal and the marked task
+
+    await eventually(both_failed, seconds=15)
+    assert await events("recorded") == 0
 
 
 async def test_the_webhook_arriving_too_still_marks_once(
