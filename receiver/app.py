@@ -34,6 +34,7 @@ from receiver.ops import DELIVERY_ID, Operations, airflow_links
 from receiver.page import StatusPage
 from receiver.readiness import ReadinessChecks
 from receiver.responses import json_error
+from receiver.routing import UNMATCHED, add_unmatched_route, expect_continue
 from receiver.secrets import FileSecret
 
 log = structlog.get_logger(__name__)
@@ -72,8 +73,9 @@ def _error_middleware(metrics: Metrics) -> Middleware:
         except Exception:
             log.exception("http.internal_error", method=request.method, path=request.path)
             response = json_error(500, "internal error", "an unexpected error happened; see the service log")
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
+        matched = request.match_info.route
+        resource = None if matched.name == UNMATCHED else matched.resource
+        route = resource.canonical if resource is not None else UNMATCHED
         metrics.http_request_duration.labels(route, f"{response.status // 100}xx").observe(
             time.perf_counter() - started
         )
@@ -142,18 +144,20 @@ def build_app(
         AdminAuth([FileSecret(p) for p in config.admin_tokens]),
         Health(config, journal, metrics, appends, readiness or ReadinessChecks()),
     )
-    app.router.add_post("/flux/events", ingest.handle)
-    app.router.add_get("/healthz", ops.healthz)
-    app.router.add_get("/healthz/details", ops.health_details)
-    app.router.add_get("/readyz", ops.readyz)
-    app.router.add_get("/metrics", ops.metrics_text)
-    app.router.add_get("/openapi.yaml", ops.openapi)
-    app.router.add_get("/deliveries", ops.list_deliveries)
-    app.router.add_get(f"/deliveries/{{id:{DELIVERY_ID}}}", ops.get_delivery)
-    app.router.add_post(f"/deliveries/{{id:{DELIVERY_ID}}}/replay", ops.replay)
+    routes = app.router
+    routes.add_post("/flux/events", ingest.handle, expect_handler=expect_continue)
+    routes.add_get("/healthz", ops.healthz, expect_handler=expect_continue)
+    routes.add_get("/healthz/details", ops.health_details, expect_handler=expect_continue)
+    routes.add_get("/readyz", ops.readyz, expect_handler=expect_continue)
+    routes.add_get("/metrics", ops.metrics_text, expect_handler=expect_continue)
+    routes.add_get("/openapi.yaml", ops.openapi, expect_handler=expect_continue)
+    routes.add_get("/deliveries", ops.list_deliveries, expect_handler=expect_continue)
+    routes.add_get(f"/deliveries/{{id:{DELIVERY_ID}}}", ops.get_delivery, expect_handler=expect_continue)
+    routes.add_post(f"/deliveries/{{id:{DELIVERY_ID}}}/replay", ops.replay, expect_handler=expect_continue)
     page = StatusPage(journal, airflow_links(config), ops.bounded)
-    app.router.add_get("/", page.index)
-    app.router.add_get(f"/deliveries/{{id:{DELIVERY_ID}}}/story", page.delivery)
+    routes.add_get("/", page.index, expect_handler=expect_continue)
+    routes.add_get(f"/deliveries/{{id:{DELIVERY_ID}}}/story", page.delivery, expect_handler=expect_continue)
+    app.on_startup.append(add_unmatched_route)
     if background:
         app.cleanup_ctx.append(_background_context(background))
     return app

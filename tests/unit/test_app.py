@@ -13,6 +13,7 @@ from types import TracebackType
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from receiver.app import Background, StartupError, build_app, serve
 from receiver.config import Config, LogConfig, parse_config
@@ -21,7 +22,7 @@ from receiver.journal.sqlite import SqliteJournal
 from receiver.log import configure_logging
 from receiver.metrics import Metrics
 from receiver.readiness import ReadinessChecks
-from tests.flux_replay import event_body, post_event
+from tests.flux_replay import event_body, flux_headers, post_event
 from tests.helpers import HMAC_KEY, Service, free_port, make_config, running
 
 
@@ -36,6 +37,33 @@ async def test_wrong_method_is_a_json_405(service: Service) -> None:
         assert response.status == 405
         assert response.headers["Allow"] == "POST"
         assert (await response.json())["error"] == "method not allowed"
+
+
+@pytest.mark.parametrize("expect", ["\x80", "whatever", "100-continue"])
+@pytest.mark.parametrize(
+    ("method", "path", "status"), [("POST", "/flux/events", 202), ("GET", "/nothing", 404)]
+)
+async def test_any_expect_header_is_answered_and_counted(
+    service: Service, expect: str, method: str, path: str, status: int
+) -> None:
+    """aiohttp's default answered an unknown expectation outside the middleware (a 417 that
+    no metric counted) and a value that is not text with a 500."""
+    url = URL(service.url)
+    assert url.host is not None and url.port is not None
+    body = event_body() if method == "POST" else b""
+    headers = flux_headers(body, hmac_key=HMAC_KEY) if body else {}
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(head.encode() + b"Expect: " + expect.encode("latin-1") + b"\r\n\r\n" + body)
+    answer = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    final = answer.split(b"\r\n\r\n", 2)[-2 if expect == "100-continue" else 0]
+    assert final.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    route, status_class = ("/flux/events", "2xx") if status == 202 else ("unmatched", "4xx")
+    histogram = service.metrics.http_request_duration.labels(route, status_class)
+    assert histogram._sum.get() > 0  # counted by the middleware
 
 
 async def test_unexpected_errors_are_a_json_500_without_internals(
