@@ -214,3 +214,24 @@ def test_kill_9_during_a_burst_loses_no_accepted_event(fluxback: Start) -> None:
     stored = journaled_bodies(server.journal_path)
     assert len(stored) == len(set(stored))
     assert set(accepted) <= set(stored)
+
+
+def test_replayed_and_oversized_bodies(fluxback: Start) -> None:
+    """A captured signed body replayed 40 times at once is one delivery; oversized bodies,
+    announced or streamed, are 413 without being read into memory."""
+    server = fluxback(webhook={"max_body_bytes": 4096})
+    server.start()
+    body = event_body(name="replayed")
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: server.post_event(body), range(40)))
+    assert {a.status for a in answers} == {202}
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert sum(not a.json()["duplicate"] for a in answers) == 1
+    big = event_body(name="big", message="x" * 10_000)
+    assert server.post_event(big).status == 413
+    chunked = _head(0, big).replace(b"Content-Length: 0\r\n", b"Transfer-Encoding: chunked\r\n")
+    answer = server.raw(chunked + b"%x\r\n%s\r\n0\r\n\r\n" % (len(big), big))
+    assert answer.status == 413
+    huge = server.raw(_head(10**12, big))
+    assert huge.status == 413
+    assert journaled_bodies(server.journal_path) == [body]
