@@ -7,6 +7,7 @@ searched for them: a secret that leaks anywhere fails the test that leaked it.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -121,7 +122,7 @@ class Fluxback:
         *,
         limits: Mapping[int, int] | None = None,
         ready: bool = True,
-        timeout: float = 20.0,
+        timeout: float = 60.0,
     ) -> None:
         """Start the process (resource `limits` apply to it alone) and wait for /healthz (or /readyz)."""
         config_path = self.root / "fluxback.yaml"
@@ -167,14 +168,14 @@ class Fluxback:
                 log.write(line)
                 log.flush()
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
         """Send `sig` (unless the process has exited) and wait for the exit code."""
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(sig)
         return self.wait(timeout)
 
-    def wait(self, timeout: float = 20.0) -> int:
+    def wait(self, timeout: float = 40.0) -> int:
         assert self.process is not None
         code = self.process.wait(timeout=timeout)
         for thread in self._log_threads:
@@ -253,7 +254,8 @@ class Fluxback:
     def assert_no_secret_leaked(self) -> None:
         texts = [self.log_text().encode(), *self.seen]
         if self.process is not None and self.process.poll() is None:
-            texts.append(self.metrics().encode())
+            with contextlib.suppress(OSError):  # a test may have left it unable to answer
+                texts.append(self.metrics().encode())
         for secret in SECRETS:
             for text in texts:
                 assert secret.encode() not in text, f"a secret leaked: {text[:200]!r}"
