@@ -77,7 +77,7 @@ def _config_schema(args: argparse.Namespace) -> int:
 
 @asynccontextmanager
 async def _opened(config: Config) -> AsyncIterator[Journal]:
-    journal = journal_from_url(config.journal)
+    journal = journal_from_url(config.journal, config.journal_password_file)
     await journal.open()
     try:
         yield journal

@@ -104,6 +104,11 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.leader = Gauge(
+            "fluxback_leader",
+            "1 while this replica runs the singleton work (retention, full re-lists), else 0.",
+            registry=r,
+        )
         self.actions = Counter(
             "fluxback_actions_total",
             "Actions on Airflow by kind (mark_task, trigger_dag, asset_event) and outcome.",

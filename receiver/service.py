@@ -3,7 +3,9 @@
 The worker (with its git mirrors and Airflow clients) and journal retention
 each run as a supervised task: an unexpected crash is logged and the task is
 started again after a pause, so one bad moment never silently stops the
-processing of accepted events.
+processing of accepted events. Retention is singleton work: it runs only on
+the replica that leads (`journal.leadership()`), which the `fluxback_leader`
+gauge shows.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from receiver.airflow import AirflowClients
 from receiver.app import Background
 from receiver.config import Config
 from receiver.git import Mirrors, ObjectLocator
-from receiver.journal import Journal
+from receiver.journal import Journal, while_leading
 from receiver.kube import Cluster, KubernetesEvents
 from receiver.metrics import Metrics
 from receiver.pipeline import Observer, Pipeline
@@ -116,16 +118,18 @@ def background_services(
     config: Config, journal: Journal, metrics: Metrics, readiness: ReadinessChecks
 ) -> Sequence[Background]:
     """What `serve` starts next to the HTTP server."""
+    leadership = journal.leadership()
+    leadership.on_change(lambda leading: metrics.leader.set(int(leading)))
+    retention = _running(
+        "retention", lambda: while_leading(leadership, lambda: prune_forever(journal, config.retention))
+    )
     if not config.kubernetes.enabled:
-        return [
-            worker_service(config, journal, metrics),
-            _running("retention", lambda: prune_forever(journal, config.retention)),
-        ]
+        return [worker_service(config, journal, metrics), retention]
     cluster = Cluster(config.kubernetes, journal, metrics)
     readiness.add(cluster.problems)
     events = [KubernetesEvents(cluster.recorder)] if cluster.recorder is not None else []
     return [
         worker_service(config, journal, metrics, locator=cluster.discovery, observers=events),
-        _running("retention", lambda: prune_forever(journal, config.retention)),
+        retention,
         _running("kubernetes", cluster.run),
     ]

@@ -95,14 +95,18 @@ class Worker:
             self._running[delivery.object_key] = asyncio.create_task(self._handle(delivery))
 
     async def _wait(self) -> None:
-        if not self._running:
-            await self._sleep(self._config.poll_interval_seconds)
-            return
-        done, _ = await asyncio.wait(
-            self._running.values(),
-            timeout=self._config.poll_interval_seconds,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        """Until a delivery finishes, new work is journaled, or the poll interval (a safety net) passes."""
+        waits = [
+            asyncio.create_task(self._journal.wait_for_work(self._config.poll_interval_seconds)),
+            asyncio.create_task(self._sleep(self._config.poll_interval_seconds)),
+        ]
+        try:
+            done, _ = await asyncio.wait(
+                {*waits, *self._running.values()}, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for wait in waits:
+                wait.cancel()
         for key in [k for k, task in self._running.items() if task in done]:
             del self._running[key]
 

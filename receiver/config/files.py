@@ -14,6 +14,7 @@ def secret_files(config: Config) -> list[tuple[str, Path]]:
     named += [(f"webhook.hmac_keys[{i}]", p) for i, p in enumerate(config.webhook.hmac_keys)]
     named += [(f"webhook.bearer_tokens[{i}]", p) for i, p in enumerate(config.webhook.bearer_tokens)]
     named += [(f"admin_tokens[{i}]", p) for i, p in enumerate(config.admin_tokens)]
+    named.append(("journal_password_file", config.journal_password_file))
     for i, repo in enumerate(config.git.repositories):
         named += [(f"git.repositories[{i}].token_file", repo.token_file)]
         named += [(f"git.repositories[{i}].ssh_key_file", repo.ssh_key_file)]

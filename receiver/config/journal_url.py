@@ -11,8 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 SQLITE_PREFIX = "sqlite:///"
+_FORMS = "sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,7 @@ class JournalUrl:
 
     url: str
     scheme: str
-    """The backend: `sqlite`."""
+    """The backend: `sqlite` or `postgresql`."""
     path: Path | None = None
     """The SQLite file."""
 
@@ -38,14 +40,21 @@ def _sqlite(url: str) -> JournalUrl:
     return JournalUrl(url, "sqlite", path=Path(rest) if rest.startswith(("./", "../")) else Path("/" + rest))
 
 
-def _not_yet(url: str) -> JournalUrl:
-    raise ValueError("the PostgreSQL journal is not available in this release; use sqlite:///PATH")
+def _postgresql(url: str) -> JournalUrl:
+    """A libpq URL (`postgresql://USER@HOST:PORT/DB?sslmode=...`); the password is never part of it."""
+    parts = urlsplit(url)
+    if parts.password is not None or "password" in parse_qs(parts.query):
+        # A password in the URL would reach logs and process listings; secrets live in files.
+        raise ValueError(
+            "must not carry a password; use journal_password_file, or a libpq service or passfile"
+        )
+    return JournalUrl(url, "postgresql")
 
 
 _READERS: dict[str, Callable[[str], JournalUrl]] = {
     "sqlite": _sqlite,
-    "postgresql": _not_yet,
-    "postgres": _not_yet,
+    "postgresql": _postgresql,
+    "postgres": _postgresql,
 }
 
 
@@ -62,7 +71,5 @@ def parse_journal_url(value: Any) -> JournalUrl:
     scheme = value.split("://", 1)[0] if "://" in value else ""
     reader = _READERS.get(scheme)
     if reader is None:
-        raise ValueError(
-            f"must be sqlite:///PATH, got a {scheme!r} URL" if scheme else "must be sqlite:///PATH"
-        )
+        raise ValueError(f"must be {_FORMS}, got a {scheme!r} URL" if scheme else f"must be {_FORMS}")
     return reader(value)

@@ -326,7 +326,7 @@ Listen = Annotated[Text, AfterValidator(_listen), Field(json_schema_extra={"patt
 Journal = Annotated[
     JournalUrl,
     BeforeValidator(parse_journal_url),
-    WithJsonSchema({"type": "string", "pattern": "^sqlite:///."}),
+    WithJsonSchema({"type": "string", "pattern": "^(sqlite:///.|postgres(ql)?://)"}),
 ]
 
 
@@ -336,7 +336,10 @@ class Config(Section):
     listen: Listen = "127.0.0.1:9292"
     """`host:port` the HTTP server binds; `:9292` or `0.0.0.0:9292` for every interface."""
     journal: Journal = Field("sqlite:///var/lib/fluxback/journal.db", validate_default=True)
-    """Where events are stored durably: `sqlite:///ABSOLUTE/PATH` or `sqlite:///./RELATIVE/PATH`."""
+    """Where events are stored durably: `sqlite:///ABSOLUTE/PATH` or `sqlite:///./RELATIVE/PATH` (one
+    replica), or `postgresql://USER@HOST:PORT/DB` (several replicas; no password in the URL)."""
+    journal_password_file: SecretFile | None = None
+    """The PostgreSQL journal's password (file); without it libpq's service file or passfile apply."""
     journal_timeout_seconds: PositiveNumber = 3.0
     """Deadline on a journal append (then 503 + Retry-After) and on the probes' journal calls;
     well inside Flux's 15 s budget, so its next attempt still fits."""

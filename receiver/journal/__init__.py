@@ -18,6 +18,7 @@ from receiver.journal.base import (
     NewDelivery,
     ObjectState,
 )
+from receiver.journal.coordination import Leadership, while_leading
 from receiver.journal.factory import journal_from_url
 
 __all__ = [
@@ -35,7 +36,9 @@ __all__ = [
     "DeliverySummary",
     "Journal",
     "JournalUnavailable",
+    "Leadership",
     "NewDelivery",
     "ObjectState",
     "journal_from_url",
+    "while_leading",
 ]

@@ -5,8 +5,9 @@ The journal is the durable inbox. An event is answered `202` only after
 then moves each delivery through a small state machine and records every
 decision and action on it, which is what `/deliveries` shows to operators.
 
-The SQLite implementation is the default; a PostgreSQL one (several replicas,
-`FOR UPDATE SKIP LOCKED`) satisfies the same protocol.
+The SQLite implementation is the default (one replica); the PostgreSQL one
+(several replicas, `FOR UPDATE SKIP LOCKED`) satisfies the same protocol with
+the same rules (sql.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
+
+from receiver.journal.coordination import Leadership
 
 
 class DeliveryState(StrEnum):
@@ -38,6 +41,8 @@ class DeliveryState(StrEnum):
 PENDING_STATES = (DeliveryState.RECEIVED, DeliveryState.FAILED)
 IN_PROGRESS_STATES = (DeliveryState.RESOLVING, DeliveryState.ACTING)
 FINAL_STATES = (DeliveryState.DONE, DeliveryState.DEAD)
+UNFINISHED_SQL = f"state IN ({', '.join(repr(s.value) for s in (*PENDING_STATES, *IN_PROGRESS_STATES))})"
+"""Literal, not bound: it must match the partial index `deliveries_unfinished` for the planners."""
 
 
 class ActionState(StrEnum):
@@ -266,3 +271,11 @@ class Journal(Protocol):
 
     async def prune(self, older_than: datetime) -> int:
         """Delete finished deliveries received before `older_than`; returns how many."""
+
+    # coordination
+    async def wait_for_work(self, at_most: float) -> bool:
+        """Return True as soon as new work may be due (an event journaled by this or another
+        replica, a replay), or False after `at_most` seconds; the worker's wake-up."""
+
+    def leadership(self) -> Leadership:
+        """Whether this replica runs singleton work (retention, full re-lists); see `Leadership`."""

@@ -6,6 +6,8 @@ Never edit a released entry; append a new one. Times are Unix seconds (REAL).
 
 from __future__ import annotations
 
+from receiver.journal.base import UNFINISHED_SQL
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -113,5 +115,25 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         # Which source told Fluxback about the deploy: a Flux webhook or the Kubernetes status watch.
         "ALTER TABLE deliveries ADD COLUMN source TEXT NOT NULL DEFAULT 'webhook'",
+    ),
+    (
+        # The head of each object's queue: its oldest unfinished delivery, when it is due and
+        # who works on it. Claims read only due, unclaimed heads, so they cost what they return.
+        """CREATE TABLE object_heads (
+            object_key TEXT PRIMARY KEY,
+            delivery_id INTEGER NOT NULL,
+            due_at REAL NOT NULL,
+            owner TEXT,
+            lease_until REAL
+        )""",
+        "CREATE INDEX object_heads_due ON object_heads (due_at, delivery_id) WHERE owner IS NULL",
+        "CREATE INDEX object_heads_lease ON object_heads (lease_until) WHERE owner IS NOT NULL",
+        "CREATE INDEX deliveries_unfinished ON deliveries (kind, namespace, name, id)"
+        f" WHERE {UNFINISHED_SQL}",
+        "INSERT INTO object_heads (object_key, delivery_id, due_at)"  # noqa: S608
+        " SELECT d.kind || '/' || d.namespace || '/' || d.name, d.id,"
+        " COALESCE(d.next_attempt_at, d.received_at)"
+        f" FROM deliveries d WHERE d.id IN (SELECT MIN(id) FROM deliveries WHERE {UNFINISHED_SQL}"
+        " GROUP BY kind, namespace, name)",
     ),
 )

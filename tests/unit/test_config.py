@@ -160,7 +160,8 @@ def test_the_committed_schema_is_the_generated_one() -> None:
 def test_the_schema_describes_every_key_with_its_default() -> None:
     schema = config_schema()
     assert set(schema["properties"]) == {
-        "cluster", "listen", "journal", "journal_timeout_seconds", "webhook", "admin_tokens", "git",
+        "cluster", "listen", "journal", "journal_password_file", "journal_timeout_seconds", "webhook",
+        "admin_tokens", "git",
         "airflow", "policy", "rules", "worker", "retention", "log", "kubernetes",
     }  # fmt: skip
     webhook = schema["$defs"]["WebhookConfig"]["properties"]
@@ -197,14 +198,13 @@ def test_sqlite_journal_urls(url: str, path: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("mysql://db/fluxback", "journal: must be sqlite:///PATH, got a 'mysql' URL"),
+        (
+            "mysql://db/fluxback",
+            "journal: must be sqlite:///PATH or postgresql://USER@HOST:PORT/DB, got a 'mysql' URL",
+        ),
         ("sqlite:///", "journal: must be sqlite:///PATH, got 'sqlite:///'"),
         ("sqlite://relative.db", "journal: must be sqlite:///PATH, got 'sqlite://relative.db'"),
-        ("journal.db", "journal: must be sqlite:///PATH"),
-        (
-            "postgresql://fluxback@db:5432/fluxback",
-            "journal: the PostgreSQL journal is not available in this release; use sqlite:///PATH",
-        ),
+        ("journal.db", "journal: must be sqlite:///PATH or postgresql://USER@HOST:PORT/DB"),
     ],
 )
 def test_unsupported_journal_urls(url: str, message: str) -> None:
@@ -328,3 +328,15 @@ def test_front_door_settings() -> None:
         "webhook.header_timeout_seconds",
         "webhook.max_connections",
     ]
+
+
+def test_a_postgresql_journal_takes_its_password_from_a_file_only(tmp_path: Path) -> None:
+    url = "postgresql://fluxback@db.example:5432/fluxback?sslmode=require"
+    config = parse_config({"journal": url, "journal_password_file": str(tmp_path / "pw")}, environ={})
+    assert (str(config.journal), config.journal.scheme, config.sqlite_path) == (url, "postgresql", None)
+    assert config.journal_password_file == tmp_path / "pw"
+    assert f"journal_password_file: cannot read file {tmp_path / 'pw'}" in startup_problems(config)
+    for inline in ("postgresql://fluxback:s3cret@db/fluxback", "postgres://db/fluxback?password=s3cret"):
+        (error,) = _errors({"journal": inline})
+        assert error.startswith("journal: must not carry a password; use journal_password_file")
+        assert "s3cret" not in error

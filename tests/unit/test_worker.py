@@ -414,3 +414,21 @@ async def test_a_permanent_error_makes_a_dead_letter_at_once(tmp_path: Path, jou
     assert dead["last_error"] == "repository flux-system/flux-system was deleted"
     assert dead_letters(metrics) == 1
     assert observer.seen == [("dead", str(delivery_id), "repository flux-system/flux-system was deleted")]
+
+
+async def test_a_journaled_event_wakes_the_worker_at_once(tmp_path: Path, journal: SqliteJournal) -> None:
+    """Polling is only the safety net: with a poll of 60 s, a new event is still taken at once."""
+    repo = GitOpsRepo(tmp_path / "git")
+    sha = repo.commit({"apps/a.yaml": "a: 1\n"}, "no trailers here")
+    config = worker_config(tmp_path, repo, poll_interval_seconds=60)
+    metrics = Metrics()
+    async with running(
+        config, journal, metrics=metrics, background=[worker_service(config, journal, metrics)]
+    ) as service:
+        await asyncio.sleep(0.2)  # the worker has claimed nothing and is waiting
+        started = asyncio.get_running_loop().time()
+        first = await post(service, None, name="one", reason="ReconciliationSucceeded")
+        await until_state(service, first, "done")
+        second = await post(service, sha, name="apps")
+        await until_state(service, second, "done")
+        assert asyncio.get_running_loop().time() - started < 10  # far below one poll interval

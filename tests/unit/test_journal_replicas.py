@@ -1,0 +1,219 @@
+"""Several replicas on one real PostgreSQL: claims, stale takeover, wake-ups, leadership, migrations.
+
+Each "replica" is a PostgresJournal of its own (own pool, own control connection, own
+owner name), as two `fluxback serve` processes would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+
+from receiver.journal import ActionState, DeliveryState, JournalUnavailable
+from receiver.journal.postgres import LEADER_LOCK, PostgresJournal
+from receiver.journal.sql import RESTART_NOTE
+from receiver.journal.sqlite import SqliteJournal
+from receiver.secrets import FileSecret
+from tests.conftest import PostgresDatabase
+from tests.unit.test_journal import T0, new_delivery
+
+
+@pytest.fixture
+async def replicas(postgres: PostgresDatabase) -> AsyncIterator[Callable[..., PostgresJournal]]:
+    """Opens replicas on the test's database; all are closed at the end (if still open)."""
+    async with AsyncExitStack() as stack:
+        opened: list[PostgresJournal] = []
+
+        def replica(**options: float) -> PostgresJournal:
+            journal = postgres.journal(**options)
+            opened.append(journal)
+            return journal
+
+        async def close_all() -> None:
+            for journal in opened:
+                await journal.close()
+
+        stack.push_async_callback(close_all)
+        yield replica
+
+
+async def test_two_replicas_never_work_on_one_object_at_once_and_keep_its_order(
+    replicas: Callable[..., PostgresJournal],
+) -> None:
+    a, b = replicas(), replicas()
+    await a.open()
+    await b.open()
+    first = await a.append(new_delivery(b"1", name="apps", dedupe="1"))
+    second = await b.append(new_delivery(b"2", name="apps", dedupe="2"))
+    other = await b.append(new_delivery(b"3", name="infra", dedupe="3"))
+    claimed_a, claimed_b = await asyncio.gather(a.claim(T0, 10, frozenset()), b.claim(T0, 10, frozenset()))
+    both = [d.id for d in [*claimed_a, *claimed_b]]
+    assert sorted(both) == [first.id, other.id]  # never `second` while `first` is in progress
+    assert not {d.id for d in claimed_a} & {d.id for d in claimed_b}
+    holder = a if first.id in [d.id for d in claimed_a] else b
+    await holder.set_state(first.id, DeliveryState.DONE)
+    assert [d.id for d in await (b if holder is a else a).claim(T0, 10, frozenset())] == [second.id]
+
+
+async def test_a_stale_claim_is_taken_over_and_the_late_owner_is_fenced(
+    replicas: Callable[..., PostgresJournal],
+) -> None:
+    stalled, alive = replicas(lease_seconds=0.6), replicas(lease_seconds=0.6)
+    await stalled.open()
+    await alive.open()
+    accepted = await stalled.append(new_delivery(b"x"))
+    [taken] = await stalled.claim(T0, 10, frozenset())
+    await stalled.begin_action(taken.id, "mark:x", "mark_task", {"dag_id": "d"})
+    await stalled.finish_action("mark:x", ActionState.DONE, "task marked")
+    for task in stalled._tasks:  # the replica hangs: no heartbeat renews its claim any more
+        task.cancel()
+    assert await alive.claim(T0, 10, frozenset()) == []  # not yet stale
+    await asyncio.sleep(0.8)
+    [again] = await alive.claim(T0, 10, frozenset())
+    assert (again.id, again.attempts) == (accepted.id, 2)
+    assert "taken over from replica" in again.decisions[-1].text
+    # The action record is the fence: the new owner sees what was done and does not repeat it.
+    record, created = await alive.begin_action(again.id, "mark:x", "mark_task", {"dag_id": "d"})
+    assert not created and record.state is ActionState.DONE
+    # The stalled replica wakes up and writes its outcome: it no longer owns the claim, so it is ignored.
+    await stalled.set_state(accepted.id, DeliveryState.DEAD, error="late")
+    stored = await alive.get(accepted.id)
+    assert stored is not None and stored.state is DeliveryState.RESOLVING
+    await alive.set_state(accepted.id, DeliveryState.DONE)
+    stored = await alive.get(accepted.id)
+    assert stored is not None and stored.state is DeliveryState.DONE and stored.last_error is None
+
+
+async def test_a_live_claim_is_renewed_and_never_taken_over(replicas: Callable[..., PostgresJournal]) -> None:
+    busy, other = replicas(lease_seconds=0.6), replicas(lease_seconds=0.6)
+    await busy.open()
+    await other.open()
+    await busy.append(new_delivery(b"long"))
+    assert len(await busy.claim(T0, 10, frozenset())) == 1
+    await asyncio.sleep(1.5)  # longer than the lease: the heartbeat renews it meanwhile
+    assert await other.claim(T0, 10, frozenset()) == []
+
+
+async def test_work_journaled_by_one_replica_wakes_the_other(
+    replicas: Callable[..., PostgresJournal],
+) -> None:
+    ingest, worker = replicas(), replicas()
+    await ingest.open()
+    await worker.open()
+    await asyncio.sleep(0.2)  # the worker's control connection is listening
+    woken = asyncio.create_task(worker.wait_for_work(30))
+    await ingest.append(new_delivery(b"news"))
+    assert await asyncio.wait_for(woken, 5)
+
+
+async def test_one_leader_at_a_time_and_a_successor_when_it_goes(
+    replicas: Callable[..., PostgresJournal], postgres: PostgresDatabase
+) -> None:
+    a, b = replicas(leader_retry_seconds=0.2), replicas(leader_retry_seconds=0.2)
+    await a.open()
+    await asyncio.wait_for(a.leadership().wait_leading(), 5)
+    changes: list[bool] = []
+    await b.open()
+    b.leadership().on_change(changes.append)
+    await asyncio.sleep(0.6)
+    assert a.leadership().is_leader and not b.leadership().is_leader
+    # The leader's session dies (as when its pod is killed or partitioned): another replica leads.
+    with postgres.server.admin() as admin:
+        ended = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND classid = %s AND objid = %s AND objsubid = 1",
+            (LEADER_LOCK >> 32, LEADER_LOCK & 0xFFFFFFFF),
+        ).fetchall()
+    assert ended == [(True,)]
+    await asyncio.wait_for(b.leadership().wait_leading(), 5)
+    await asyncio.wait_for(a.leadership().wait_following(), 5)
+    assert changes[:2] == [False, True]
+    await b.close()
+    await asyncio.wait_for(a.leadership().wait_leading(), 5)
+
+
+async def test_replicas_starting_together_apply_the_migrations_once(postgres: PostgresDatabase) -> None:
+    fresh = "fresh_" + postgres.url.rsplit("/", 1)[1]
+    postgres.server.create_database(fresh)
+    try:
+        url = postgres.url.rsplit("/", 1)[0] + "/" + fresh
+        journals = [PostgresJournal(url, password_file=FileSecret(postgres.password_file)) for _ in range(3)]
+        await asyncio.gather(*(j.open() for j in journals))
+        await asyncio.gather(*(j.close() for j in journals))
+        with postgres.server.admin(fresh) as db:
+            versions = [row[0] for row in db.execute("SELECT version FROM schema_version ORDER BY 1")]
+        assert versions == [1]
+    finally:
+        postgres.server.drop_database(fresh)
+
+
+async def test_the_migrated_schema_is_the_one_the_shared_sql_expects(
+    postgres: PostgresDatabase, tmp_path: Path
+) -> None:
+    """The shared SQL runs on both: tables, columns, nullability and indexes must agree."""
+    sqlite_journal = SqliteJournal(tmp_path / "journal.db")
+    await sqlite_journal.open()
+    await sqlite_journal.close()
+    with sqlite3.connect(tmp_path / "journal.db") as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        sqlite_schema = {
+            (table, column, bool(notnull or pk))
+            for table in tables
+            if table != "sqlite_sequence"
+            for _, column, _, notnull, _, pk in db.execute(f"PRAGMA table_info({table})")
+        }
+        sqlite_indexes = {
+            r[0]
+            for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+        }
+    with postgres.server.admin(postgres.url.rsplit("/", 1)[1]) as db:
+        postgres_schema = {
+            (table, column, nullable == "NO")
+            for table, column, nullable in db.execute(
+                "SELECT table_name, column_name, is_nullable FROM information_schema.columns"
+                " WHERE table_schema = 'public'"
+            )
+        }
+        postgres_indexes = {
+            r[0]
+            for r in db.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'"
+                " AND indexname NOT LIKE '%%_pkey' AND indexname NOT LIKE '%%_key'"
+            )
+        }
+    assert postgres_schema == sqlite_schema
+    assert postgres_indexes == sqlite_indexes
+
+
+async def test_a_wrong_password_or_a_missing_server_is_unavailable_and_says_so(
+    postgres: PostgresDatabase, tmp_path: Path
+) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-password\n")
+    journal = PostgresJournal(postgres.url, password_file=FileSecret(wrong))
+    with pytest.raises(JournalUnavailable, match="password authentication failed") as raised:
+        await journal.open()
+    assert "not-the-password" not in str(raised.value)
+    nowhere = PostgresJournal("postgresql://fluxback@127.0.0.1:1/none")
+    with pytest.raises(JournalUnavailable, match="cannot open journal"):
+        await nowhere.open()
+
+
+async def test_work_in_progress_on_postgresql_is_left_to_its_lease(
+    replicas: Callable[..., PostgresJournal],
+) -> None:
+    """A restarting replica must not reset other replicas' claims (SQLite's one replica does)."""
+    working, restarting = replicas(), replicas()
+    await working.open()
+    await restarting.open()
+    await working.append(new_delivery(b"busy"))
+    [claimed] = await working.claim(T0, 10, frozenset())
+    assert await restarting.recover_interrupted() == 0
+    stored = await restarting.get(claimed.id)
+    assert stored is not None and stored.state is DeliveryState.RESOLVING
+    assert RESTART_NOTE not in [d.text for d in stored.decisions]
