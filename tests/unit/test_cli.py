@@ -176,7 +176,7 @@ def test_check_config_reports_value_errors_and_file_problems_in_one_pass(
     assert main(["check-config", "--config", str(path)]) == 1
     assert capsys.readouterr().err.splitlines() == [
         "error: listen: must be host:port, got 'nowhere'",
-        "error: journal: must be sqlite:///PATH, got a 'mysql' URL",
+        "error: journal: must be sqlite:///PATH or postgresql://USER@HOST:PORT/DB, got a 'mysql' URL",
         f"error: webhook.hmac_keys[0]: cannot read file {tmp_path / 'no-such-key'}",
     ]
 
