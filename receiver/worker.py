@@ -98,7 +98,7 @@ class Worker:
         """Until a delivery finishes, new work is journaled, or the poll interval (a safety net) passes."""
         waits = [
             asyncio.create_task(self._journal.wait_for_work(self._config.poll_interval_seconds)),
-            asyncio.create_task(self._sleep(self._config.poll_interval_seconds)),
+            asyncio.ensure_future(self._sleep(self._config.poll_interval_seconds)),
         ]
         try:
             done, _ = await asyncio.wait(

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestServer
 from receiver.airflow import RequestObserver
 from receiver.app import Background, build_app
 from receiver.config import AirflowInstance, Config, parse_config
-from receiver.journal.sqlite import SqliteJournal
+from receiver.journal import Journal
 from receiver.metrics import Metrics
 from receiver.readiness import ReadinessChecks
 from tests.flux_replay import flux_headers
@@ -44,7 +44,7 @@ class Service:
 
     url: str
     session: aiohttp.ClientSession
-    journal: SqliteJournal
+    journal: Journal
     metrics: Metrics
 
     async def post_event(
@@ -89,7 +89,7 @@ def make_config(tmp_path: Path, *, webhook: dict[str, Any] | None = None, **raw:
 @asynccontextmanager
 async def running(
     config: Config,
-    journal: SqliteJournal,
+    journal: Journal,
     *,
     background: Sequence[Background] = (),
     metrics: Metrics | None = None,

@@ -21,8 +21,8 @@ from receiver.metrics import Metrics
 from receiver.secrets import FileSecret
 from receiver.service import worker_service
 from tests.flux_replay import event_body
+from tests.helpers import Service, make_config, running
 from tests.postgres_server import PASSWORD, PostgresServer
-from tests.unit.conftest import Service, make_config, running
 
 OUTAGE_SECONDS = 30.0
 

@@ -13,7 +13,7 @@ from receiver.metrics import Metrics
 from receiver.readiness import ReadinessChecks
 from receiver.service import background_services
 from tests.conftest import PostgresDatabase
-from tests.unit.conftest import make_config
+from tests.helpers import make_config
 from tests.unit.test_journal import new_delivery
 
 
