@@ -32,7 +32,9 @@ async def unfinished(session: aiohttp.ClientSession, url: str) -> int:
     return total
 
 
-async def drain(url: str, pid: int, events: int, objects: int, concurrency: int) -> tuple[float, float, float]:
+async def drain(
+    url: str, pid: int, events: int, objects: int, concurrency: int
+) -> tuple[float, float, float]:
     """Seconds until posted, seconds until drained, and peak RSS in MiB."""
     queue = list(range(events))
     peak = rss_mib(pid)
@@ -55,13 +57,15 @@ async def drain(url: str, pid: int, events: int, objects: int, concurrency: int)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backend", choices=BACKENDS, default="sqlite")
     parser.add_argument("--events", type=int, nargs="+", default=[2000, 8000])
     parser.add_argument("--objects", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
-    print("| backend | events | posted in s | drained in s | events/s end to end | idle RSS MiB | peak RSS MiB |")
+    print("| backend | events | posted s | drained s | events/s end to end | RSS idle MiB | RSS peak MiB |")
     print("|---|---|---|---|---|---|---|")
     for events in args.events:
         with fluxback(args.backend, "worker: {concurrency: 16}\n") as server:

@@ -92,18 +92,20 @@ def fluxback(backend: str, extra_config: str = "", cpu: int | None = None) -> It
             )
             try:
                 running = Running(f"http://127.0.0.1:{port}", server.pid)
-                _wait_ready(running.url)
+                wait_ready(f"{running.url}/readyz")
                 yield running
             finally:
                 server.terminate()
                 server.wait(timeout=30)
 
 
-def _wait_ready(url: str) -> None:
+def wait_ready(url: str, status: int = 200) -> None:
+    """Until a GET of `url` answers `status`."""
+
     async def ready() -> bool:
         try:
-            async with aiohttp.ClientSession() as session, session.get(f"{url}/readyz") as answer:
-                return answer.status == 200
+            async with aiohttp.ClientSession() as session, session.get(url) as answer:
+                return answer.status == status
         except aiohttp.ClientError:
             return False
 

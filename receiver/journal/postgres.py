@@ -94,6 +94,7 @@ class PostgresJournal(SqlJournal):
     """Journal in a PostgreSQL database; `conninfo` is a libpq URL or key=value string."""
 
     row_lock = " FOR UPDATE"
+    database_errors = (psycopg.Error,)
 
     def __init__(
         self,

@@ -22,7 +22,6 @@ Three things keep the cost of the loop flat as the backlog grows:
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import functools
 import json
@@ -57,9 +56,12 @@ from receiver.journal.base import (
     ObjectState,
     like_prefix,
 )
+from receiver.journal.batching import GroupCommit
 from receiver.journal.coordination import Leadership, WorkSignal
 
 T = TypeVar("T")
+J = TypeVar("J")
+R = TypeVar("R")
 
 log = structlog.get_logger(__name__)
 
@@ -130,6 +132,8 @@ class SqlJournal(ABC):
 
     lease_seconds: float | None = None
     """None: claims are never taken over (one replica; a restart recovers them instead)."""
+    database_errors: tuple[type[Exception], ...] = ()
+    """The driver's errors: in a batch they fail one job as JournalUnavailable."""
     row_lock = ""
     """Appended to a SELECT of rows about to change: ` FOR UPDATE` where replicas compete."""
 
@@ -137,8 +141,7 @@ class SqlJournal(ABC):
         self.owner = new_owner()
         self.work = WorkSignal()
         self._leadership = Leadership()
-        self._queued: list[tuple[NewDelivery, asyncio.Future[AppendResult]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._appends: GroupCommit[NewDelivery, AppendResult] = GroupCommit(self._commit_appends)
 
     # What a backend provides.
 
@@ -183,58 +186,38 @@ class SqlJournal(ABC):
         )
 
     async def append(self, delivery: NewDelivery) -> AppendResult:
-        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queued.append((delivery, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_appends())
-        return await future
+        return await self._appends.submit(delivery)
 
-    async def _flush_appends(self) -> None:
-        """Write what has queued up as one transaction; repeat while more arrived meanwhile."""
-        while self._queued:
-            batch, self._queued = self._queued, []
-            deliveries = [d for d, _ in batch]
-            try:
-                results = await self._write_appends(
-                    functools.partial(self._append_batch, deliveries=deliveries)
-                )
-            except Exception as error:  # whatever it is, every request of the batch gets its answer
-                if not isinstance(error, JournalUnavailable):
-                    log.exception("journal.append_batch_failed")
-                failure = (
-                    error
-                    if isinstance(error, JournalUnavailable)
-                    else JournalUnavailable(f"journal error: {type(error).__name__}")
-                )
-                outcomes: list[AppendResult | JournalUnavailable] = [failure] * len(batch)
-            else:
-                outcomes = results
-                if any(isinstance(r, AppendResult) and not r.duplicate for r in results):
-                    self.work.notify()
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
-                if future.done():  # the request went away; its event is journaled all the same
-                    continue
-                if isinstance(outcome, JournalUnavailable):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome)
+    async def _commit_appends(self, deliveries: Sequence[NewDelivery]) -> Sequence[AppendResult | Exception]:
+        outcomes = await self._write_appends(functools.partial(self._append_batch, deliveries=deliveries))
+        if any(isinstance(o, AppendResult) and not o.duplicate for o in outcomes):
+            self.work.notify()
+        return outcomes
 
-    def _append_batch(
-        self, db: Db, deliveries: Sequence[NewDelivery]
-    ) -> list[AppendResult | JournalUnavailable]:
+    def _append_batch(self, db: Db, deliveries: Sequence[NewDelivery]) -> list[AppendResult | Exception]:
         self._lock_objects(db, {d.object_key for d in deliveries})
-        outcomes: list[AppendResult | JournalUnavailable] = []
-        for delivery in deliveries:
-            db.execute("SAVEPOINT append_one")
-            try:
-                outcomes.append(_append_one(db, delivery))
-            except Exception as error:  # this event only: the others of the batch still commit
-                db.execute("ROLLBACK TO SAVEPOINT append_one")
-                log.warning("journal.append_refused", error=f"{type(error).__name__}: {error}")
-                outcomes.append(JournalUnavailable(f"journal refused the event: {type(error).__name__}"))
-            db.execute("RELEASE SAVEPOINT append_one")
+        outcomes = self.each_in_savepoint(db, deliveries, _append_one)
         if any(isinstance(o, AppendResult) and not o.duplicate for o in outcomes):
             self._announce_work(db)
+        return outcomes
+
+    def each_in_savepoint(
+        self, db: Db, jobs: Sequence[J], perform: Callable[[Db, J], R]
+    ) -> list[R | Exception]:
+        """Perform each job in its own savepoint of the open transaction: one that fails is undone
+        alone (a database error becomes JournalUnavailable) and the others still commit."""
+        outcomes: list[R | Exception] = []
+        for job in jobs:
+            db.execute("SAVEPOINT job")
+            try:
+                outcomes.append(perform(db, job))
+            except Exception as error:
+                db.execute("ROLLBACK TO SAVEPOINT job")
+                if isinstance(error, (*self.database_errors, UnicodeError)):  # the driver refused a value
+                    log.warning("journal.write_refused", error=f"{type(error).__name__}: {error}")
+                    error = JournalUnavailable(f"journal refused the write: {type(error).__name__}")
+                outcomes.append(error)
+            db.execute("RELEASE SAVEPOINT job")
         return outcomes
 
     # Reading.

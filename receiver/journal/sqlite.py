@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from receiver.journal.base import JournalUnavailable
+from receiver.journal.batching import GroupCommit
 from receiver.journal.migrations import MIGRATIONS
 from receiver.journal.sql import Db, SqlJournal
 
@@ -27,12 +28,16 @@ T = TypeVar("T")
 class SqliteJournal(SqlJournal):
     """Journal in a SQLite file (the parent folder is created)."""
 
+    database_errors = (sqlite3.Error,)
+
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-write")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-read")
         self._connections: dict[ThreadPoolExecutor, sqlite3.Connection] = {}
+        # The worker's writes, like ingest's appends, share commits when they queue up.
+        self._writes: GroupCommit[Callable[[Db], Any], Any] = GroupCommit(self._commit_writes)
         self._leadership.set(True)
 
     async def _in(self, executor: ThreadPoolExecutor, work: Callable[[Db], T]) -> T:
@@ -59,7 +64,10 @@ class SqliteJournal(SqlJournal):
         return await asyncio.get_running_loop().run_in_executor(executor, call)
 
     async def _write(self, work: Callable[[Db], T]) -> T:
-        return await self._in(self._writer, work)
+        return cast(T, await self._writes.submit(work))
+
+    async def _commit_writes(self, works: Sequence[Callable[[Db], Any]]) -> Sequence[Any]:
+        return await self._in(self._writer, lambda db: self.each_in_savepoint(db, works, _perform))
 
     async def _write_appends(self, work: Callable[[Db], T]) -> T:
         return await self._in(self._writer, work)
@@ -98,6 +106,10 @@ class SqliteJournal(SqlJournal):
             if connection is not None:
                 await loop.run_in_executor(executor, connection.close)
             executor.shutdown(wait=True)
+
+
+def _perform(db: Db, work: Callable[[Db], T]) -> T:
+    return work(db)
 
 
 def _migrate(db: sqlite3.Connection) -> None:

@@ -89,6 +89,13 @@ async def _count(journal: SqliteJournal, expected: int) -> bool:
     return len(await journal.list(DeliveryFilter())) == expected
 
 
+async def _duplicates_counted(metrics: Metrics, expected: int) -> bool:
+    return (
+        counted(metrics, "fluxback_status_changes_total", kind="Kustomization", result="duplicate")
+        == expected
+    )
+
+
 async def test_re_lists_and_restarts_do_not_append_the_same_status_again(
     tmp_path: Path, kmock: kmock.KubernetesEmulator, journal: SqliteJournal
 ) -> None:
@@ -118,6 +125,7 @@ async def test_a_webhook_and_a_status_change_for_the_same_revision_act_once(
         async with watching(Cluster(kube_config(tmp_path, str(kmock.url)), journal, metrics)):
             await create(flux, KUSTOMIZATION, kustomization("apps", status=applied(revision)))
             await eventually(lambda: _count(journal, 2))
+            await eventually(lambda: _duplicates_counted(metrics, 1))
         status_entry, webhook_entry = await journal.list(DeliveryFilter())
         assert (webhook_entry.source, status_entry.source) == ("webhook", "kubernetes")
         assert status_entry.duplicate_of == webhook_entry.id
@@ -125,6 +133,8 @@ async def test_a_webhook_and_a_status_change_for_the_same_revision_act_once(
         async with watching(Cluster(kube_config(tmp_path, str(kmock.url)), journal, metrics)):
             await create(flux, KUSTOMIZATION, kustomization("infra", status=applied(revision)))
             await eventually(lambda: _count(journal, 3))
+            # Appends commit together: wait for the re-listed apps to be counted too, not just stored.
+            await eventually(lambda: _duplicates_counted(metrics, 2))
         status, answer, _ = await service.post_event(event_body(name="infra", revision=revision))
         assert (status, answer["duplicate"]) == (202, True)
         listed = (await service.get("/deliveries?object=Kustomization/flux-system/infra"))[1]["deliveries"]
