@@ -166,19 +166,22 @@ class Worker:
             return
         next_at = datetime.fromtimestamp(now, UTC) + timedelta(seconds=delay)
         await self._journal.set_state(
-            delivery.id, DeliveryState.FAILED, next_attempt_at=next_at, error=reason
-        )
-        await self._journal.add_decision(
-            delivery.id, f"temporary problem, attempt {delivery.attempts}: {reason}; retry in {delay:.0f}s"
+            delivery.id,
+            DeliveryState.FAILED,
+            next_attempt_at=next_at,
+            error=reason,
+            decision=f"temporary problem, attempt {delivery.attempts}: {reason}; retry in {delay:.0f}s",
         )
         log.warning("delivery.retry", attempts=delivery.attempts, delay=round(delay, 1), error=reason)
 
     async def _bury(self, delivery: Delivery, reason: str) -> None:
         """Make the delivery a dead letter, which only an operator's replay takes up again."""
-        await self._journal.set_state(delivery.id, DeliveryState.DEAD, error=reason)
-        await self._journal.add_decision(
+        await self._journal.set_state(
             delivery.id,
-            f"dead letter after {delivery.attempts} attempt(s): {reason}; replay it once the cause is fixed",
+            DeliveryState.DEAD,
+            error=reason,
+            decision=f"dead letter after {delivery.attempts} attempt(s): {reason};"
+            " replay it once the cause is fixed",
         )
         self._metrics.dead_letters.inc()
         log.error("delivery.dead", attempts=delivery.attempts, error=reason)

@@ -241,7 +241,10 @@ class Journal(Protocol):
         *,
         next_attempt_at: datetime | None = None,
         error: str | None = None,
-    ) -> None: ...
+        decision: str | None = None,
+    ) -> None:
+        """Move the delivery to `state`; `decision`, when given, is recorded in the same commit,
+        so nobody sees the new state without the reason for it."""
 
     async def add_decision(self, delivery_id: int, text: str, **fields: Any) -> None: ...
 

@@ -368,6 +368,7 @@ class SqlJournal(ABC):
         *,
         next_attempt_at: datetime | None = None,
         error: str | None = None,
+        decision: str | None = None,
     ) -> None:
         def write(db: Db) -> None:
             current = db.execute(
@@ -396,6 +397,8 @@ class SqlJournal(ABC):
                 db.execute(_RELEASE_HEADS + " WHERE delivery_id = ?", (due or _now(), delivery_id))
             elif state in FINAL_STATES:
                 self._move_head(db, delivery_id, *current[1:])
+            if decision is not None:
+                _insert_decision(db, delivery_id, decision, {})
 
         await self._write(write)
 

@@ -279,11 +279,14 @@ class FlakyJournal(SqliteJournal):
         *,
         next_attempt_at: datetime | None = None,
         error: str | None = None,
+        decision: str | None = None,
     ) -> None:
         if state is DeliveryState.DONE and self.refusals:
             self.refusals -= 1
             raise JournalUnavailable("journal cannot commit: disk I/O error")
-        await super().set_state(delivery_id, state, next_attempt_at=next_attempt_at, error=error)
+        await super().set_state(
+            delivery_id, state, next_attempt_at=next_attempt_at, error=error, decision=decision
+        )
 
 
 async def test_an_outcome_the_journal_could_not_write_is_taken_up_again(tmp_path: Path) -> None:
