@@ -51,7 +51,6 @@ TARGET_LABELS = frozenset({"job", "instance"})
 """Labels Prometheus adds to every scraped series."""
 WITHOUT_SERIES_HERE = {
     "fluxback_watch_restarts_total": "a Kubernetes list or watch that failed",
-    "fluxback_kube_events_total": "a Kubernetes Event posted on a Flux object",
 }
 """Declared in the scrape, but with series only after what the value says; their label names go unchecked."""
 SUFFIXES = {
