@@ -79,10 +79,19 @@ def graph(title: str, description: str, unit: str, targets: list[prometheus.Data
     return panel.span(12).height(8)
 
 
+ALERT_FROM_ONE = ((None, "green"), (1.0, "red"))
+EXACTLY_ONE = ((None, "red"), (1.0, "green"), (2.0, "red"))
+
+
 def single(
-    title: str, description: str, expr: str, *, red_from: float | None = None, legend: str = "__auto"
+    title: str,
+    description: str,
+    expr: str,
+    *,
+    colors: tuple[tuple[float | None, str], ...] = (),
+    legend: str = "__auto",
 ) -> stat.Panel:
-    """One number; red from `red_from` on when given."""
+    """One number per series, coloured by `colors`: (from value, colour) steps, the first from -inf."""
     panel = (
         stat.Panel()
         .title(title)
@@ -92,8 +101,8 @@ def single(
         .span(6)
         .height(5)
     )
-    if red_from is not None:
-        steps = [Threshold(value=None, color="green"), Threshold(value=red_from, color="red")]
+    if colors:
+        steps = [Threshold(value=value, color=color) for value, color in colors]
         panel.thresholds(dashboard.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps(steps))
     return panel
 
@@ -232,13 +241,13 @@ def overview() -> dashboard.Dashboard:
                     "Dead letters in the journal",
                     "Deliveries given up after their retry budget; replay them once the cause is fixed.",
                     'max(fluxback_journal_depth{state="dead"})',
-                    red_from=1,
+                    colors=ALERT_FROM_ONE,
                 ),
                 single(
                     "New dead letters",
                     "Deliveries that became dead letters in the selected time range.",
                     "sum(increase(fluxback_dead_letters_total[$__range]))",
-                    red_from=1,
+                    colors=ALERT_FROM_ONE,
                 ),
                 graph(
                     "Git fetches by repository and result",
@@ -305,8 +314,21 @@ def overview() -> dashboard.Dashboard:
                     "Per check of /healthz/details (worker-side credentials included): replicas where it"
                     " fails now. `curl /healthz/details` on a pod says why.",
                     "sum by (check) (1 - fluxback_health_check)",
-                    red_from=1,
+                    colors=ALERT_FROM_ONE,
                     legend="{{check}}",
+                ),
+                single(
+                    "Leaders",
+                    "Replicas running the singleton work (retention, full re-lists of Flux objects):"
+                    " exactly one is right.",
+                    "sum(fluxback_leader)",
+                    colors=EXACTLY_ONE,
+                ),
+                graph(
+                    "Leader by replica",
+                    "1 while the replica holds the leadership lock.",
+                    "short",
+                    [query("max by (instance) (fluxback_leader)", "{{instance}}")],
                 ),
                 single(
                     "Versions",
