@@ -125,7 +125,7 @@ def background_services(
     )
     if not config.kubernetes.enabled:
         return [worker_service(config, journal, metrics), retention]
-    cluster = Cluster(config.kubernetes, journal, metrics)
+    cluster = Cluster(config.kubernetes, journal, metrics, is_leader=lambda: leadership.is_leader)
     readiness.add(cluster.problems)
     events = [KubernetesEvents(cluster.recorder)] if cluster.recorder is not None else []
     return [

@@ -3,7 +3,8 @@ feeding discovery (which repository and folder each object applies) and the stat
 
 Watches run on every replica (appends are idempotent: a status has one
 identity in the journal); the periodic full re-lists run only where
-`is_leader()` says so. With SQLite there is one replica, which always leads.
+`is_leader()` says so: the journal's leadership (a PostgreSQL advisory lock;
+with SQLite the one replica always leads).
 """
 
 from __future__ import annotations
