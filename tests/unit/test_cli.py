@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from receiver.cli import main
-from receiver.events import classify, dedupe_key, event_commit, parse_event
+from receiver.events import parse_event
+from receiver.intake import new_delivery
 from receiver.journal import DeliveryState, NewDelivery
 from receiver.journal.sqlite import SqliteJournal
 from tests.flux_replay import payload
@@ -35,23 +36,13 @@ def _write_config(tmp_path: Path, **extra: object) -> Path:
 
 def _delivery(name: str) -> NewDelivery:
     body = payload(name)
-    event = parse_event(body)
-    outcome = classify(event)
-    obj = event.involved_object
-    return NewDelivery(
+    return new_delivery(
+        parse_event(body),
         body=body,
-        body_sha256=hashlib.sha256(body).hexdigest(),
+        identity=hashlib.sha256(body).hexdigest(),
         received_at=datetime(2026, 8, 10, 9, 15, 43, tzinfo=UTC),
-        kind=obj.kind,
-        namespace=obj.namespace,
-        name=obj.name,
-        reason=event.reason,
-        severity=event.severity,
-        outcome=outcome.value,
-        revision=event.revision,
-        commit=event_commit(event),
-        dedupe_key=dedupe_key(event, outcome),
         authenticated_by="hmac",
+        source="webhook",
     )
 
 
