@@ -159,7 +159,7 @@ def task_log(airflow: AirflowServer, run_id: str, task_id: str, dag_id: str = DE
 
 
 async def logged(airflow: AirflowServer, run_id: str, task_id: str, text: str, dag_id: str = DEPLOY) -> str:
-    """The task's log once `text` is in it (or after 30 s): a run can be finished in Airflow's
+    """The task's log once `text` is in it (or after 90 s): a run can be finished in Airflow's
     database a moment before its task's last log lines are written."""
 
     def check() -> tuple[bool, str]:
@@ -167,7 +167,7 @@ async def logged(airflow: AirflowServer, run_id: str, task_id: str, text: str, d
         return text in log, log
 
     try:
-        return await airflow.wait_until(check, 30, f"{text!r} in the log of {task_id}")
+        return await airflow.wait_until(check, 90, f"{text!r} in the log of {task_id}")
     except AssertionError:
         return task_log(airflow, run_id, task_id, dag_id)  # the caller's assertion shows it
 
