@@ -184,7 +184,7 @@ async def serve(
             "webhook.unauthenticated",
             hint="webhook.allow_unauthenticated is true: anyone who reaches the port can post events",
         )
-    journal = journal_from_url(config.journal, config.journal_password_file)
+    journal = journal_from_url(config.journal, config.journal_password_file, serving=True)
     await journal.open()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

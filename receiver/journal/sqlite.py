@@ -5,7 +5,7 @@ never blocks on disk and writes never interleave); reads run on a second thread
 with its own connection, which WAL lets read while a write commits.
 `synchronous=FULL` makes each commit durable before `append` returns, which is
 what lets ingest answer `202` with a clear conscience. The single replica
-always leads.
+always leads; the serving process holds `ServingLock`, so a second one is refused.
 """
 
 from __future__ import annotations
@@ -21,18 +21,21 @@ from receiver.journal.base import JournalUnavailable
 from receiver.journal.batching import GroupCommit
 from receiver.journal.migrations import MIGRATIONS
 from receiver.journal.sql import Db, SqlJournal
+from receiver.journal.sqlite_lock import ServingLock
 
 T = TypeVar("T")
 
 
 class SqliteJournal(SqlJournal):
-    """Journal in a SQLite file (the parent folder is created)."""
+    """Journal in a SQLite file (the parent folder is created). `serving`: this is the service's
+    own journal, and `open` refuses it while another process serves it (see sqlite_lock.py)."""
 
     database_errors = (sqlite3.Error,)
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, serving: bool = False) -> None:
         super().__init__()
         self.path = path
+        self._serving_lock = ServingLock(path) if serving else None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-write")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-read")
         self._connections: dict[ThreadPoolExecutor, sqlite3.Connection] = {}
@@ -94,10 +97,16 @@ class SqliteJournal(SqlJournal):
 
         loop = asyncio.get_running_loop()
         try:
+            if self._serving_lock is not None:
+                self._serving_lock.acquire()  # before migrating: a refused process touches nothing
             await loop.run_in_executor(self._writer, open_writer)
             await loop.run_in_executor(self._reader, open_reader)
-        except sqlite3.Error as error:
+        except (sqlite3.Error, OSError) as error:
+            await self.close()
             raise JournalUnavailable(f"cannot open journal {self.path}: {error}") from error
+        except JournalUnavailable:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -106,6 +115,8 @@ class SqliteJournal(SqlJournal):
             if connection is not None:
                 await loop.run_in_executor(executor, connection.close)
             executor.shutdown(wait=True)
+        if self._serving_lock is not None:
+            self._serving_lock.release()
 
 
 def _perform(db: Db, work: Callable[[Db], T]) -> T:

@@ -2,7 +2,9 @@
 
 The service runs as a real process (`python -m receiver serve`); the test plays
 Flux against it, kills it the moment it has answered enough events, starts it
-again and checks that every accepted event is in the journal exactly once.
+again and checks that every accepted event is in the journal exactly once. A
+second process on the same SQLite journal is refused while the first lives, and
+starts once it has been killed.
 """
 
 from __future__ import annotations
@@ -50,15 +52,19 @@ def url(config_file: Path) -> str:
     return "http://" + str(yaml.safe_load(config_file.read_text())["listen"])
 
 
+Launch = Callable[..., subprocess.Popen[bytes]]
+
+
 @pytest.fixture
-def launch(config_file: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    """Starts the service as a subprocess; kills whatever is left at the end."""
+def launch(config_file: Path) -> Iterator[Launch]:
+    """Starts the service as a subprocess (`config` defaults to `config_file`); kills whatever is
+    left at the end."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start() -> subprocess.Popen[bytes]:
-        log = (config_file.parent / f"service-{len(started)}.log").open("wb")
+    def start(config: Path = config_file) -> subprocess.Popen[bytes]:
+        log = _log_path(config_file, len(started)).open("wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "receiver", "serve", "--config", str(config_file)],
+            [sys.executable, "-m", "receiver", "serve", "--config", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={k: v for k, v in os.environ.items() if not k.startswith("FLUXBACK_")},
@@ -74,6 +80,10 @@ def launch(config_file: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]
             process.wait()
 
 
+def _log_path(config_file: Path, number: int) -> Path:
+    return config_file.parent / f"service-{number}.log"
+
+
 async def _wait_until_up(session: aiohttp.ClientSession, url: str, process: subprocess.Popen[bytes]) -> None:
     for _ in range(600):  # imports alone take several seconds on a busy CI machine
         assert process.poll() is None, "the service exited during start-up"
@@ -87,9 +97,7 @@ async def _wait_until_up(session: aiohttp.ClientSession, url: str, process: subp
     raise AssertionError("the service did not start within 30 s")
 
 
-async def test_every_accepted_event_survives_kill_9(
-    config_file: Path, url: str, launch: Callable[[], subprocess.Popen[bytes]]
-) -> None:
+async def test_every_accepted_event_survives_kill_9(config_file: Path, url: str, launch: Launch) -> None:
     bodies = [event_body(name=f"app-{i}", revision=f"main@sha1:{i:040x}") for i in range(SENT)]
     accepted: dict[bytes, int] = {}
 
@@ -142,3 +150,48 @@ async def test_every_accepted_event_survives_kill_9(
         assert entry is not None
         assert json.loads(entry.body) == json.loads(body)
     assert all(count == 1 for count in bodies_stored.values())
+
+
+@pytest.fixture
+def other_config(config_file: Path) -> tuple[Path, str]:
+    """The same journal, another port: a second replica's configuration, and its URL."""
+    listen = f"127.0.0.1:{free_port()}"
+    other = config_file.with_name("other.yaml")
+    tree = yaml.safe_load(config_file.read_text())
+    other.write_text(yaml.safe_dump({**tree, "listen": listen}), encoding="utf-8")
+    return other, f"http://{listen}"
+
+
+async def test_a_second_process_on_one_sqlite_journal_is_refused_until_the_first_dies(
+    config_file: Path, url: str, launch: Launch, other_config: tuple[Path, str]
+) -> None:
+    other, other_url = other_config
+    async with aiohttp.ClientSession() as session:
+        first = launch()
+        await _wait_until_up(session, url, first)
+
+        refused = launch(other)
+        assert refused.wait(timeout=120) == 1
+        said = _log_path(config_file, 1).read_text()
+        journal = config_file.parent / "journal.db"
+        assert (
+            f"another Fluxback process already uses the SQLite journal at {journal} (pid {first.pid})" in said
+        )
+        assert "use a PostgreSQL journal for several" in said
+        assert first.poll() is None  # the first one serves on, untouched
+
+        listing = await asyncio.create_subprocess_exec(  # reading the journal beside the service is allowed
+            *(sys.executable, "-m", "receiver", "deliveries", "--config", str(config_file)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={k: v for k, v in os.environ.items() if not k.startswith("FLUXBACK_")},
+        )
+        listed, problems = await asyncio.wait_for(listing.communicate(), timeout=120)
+        assert (listing.returncode, listed) == (0, b"no deliveries match\n"), problems
+
+        first.send_signal(signal.SIGKILL)  # the kernel drops a dead process's lock
+        first.wait()
+        taking_over = launch(other)
+        await _wait_until_up(session, other_url, taking_over)
+        taking_over.send_signal(signal.SIGTERM)
+        assert taking_over.wait(timeout=15) == 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -228,6 +229,26 @@ async def test_unwritable_journal_is_unavailable(tmp_path: Path) -> None:
     await closed.close()
     with pytest.raises(JournalUnavailable):
         await closed.append(new_delivery(b"late"))
+
+
+async def test_one_serving_process_per_sqlite_journal(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    serving = SqliteJournal(path, serving=True)
+    await serving.open()
+    second = SqliteJournal(path, serving=True)
+    with pytest.raises(
+        JournalUnavailable, match=rf"already uses the SQLite journal at {path} \(pid {os.getpid()}\)"
+    ):
+        await second.open()
+    beside = SqliteJournal(path)  # what `fluxback deliveries` and `replay` open
+    await beside.open()
+    assert (await beside.append(new_delivery(b"from the CLI"))).id == 1
+    await beside.close()
+    await serving.close()
+    after = SqliteJournal(path, serving=True)  # closing released the lock
+    await after.open()
+    assert (await after.get(1)) is not None
+    await after.close()
 
 
 async def test_a_return_to_an_earlier_revision_is_news_but_a_heartbeat_is_not(journal: SqlJournal) -> None:
