@@ -12,6 +12,9 @@ The rules are the shared ones (sql.py); this module adds what several replicas n
 - **Serialized appends per object.** Appends and head moves take a transaction-level
   advisory lock per Flux object, so two replicas appending for one object (or one
   appending while another finishes its head) cannot leave a delivery without a head.
+  A batch takes all of its locks first, in sorted order, before any row lock.
+- **Group commit for the worker too.** The worker's writes share transactions as
+  appends do (sql.py), on one writer connection of their own beside the appender's.
 - **The control connection**: one dedicated connection per replica that LISTENs for
   other replicas' new work (`NOTIFY fluxback_work`, sent on commit of an append) and
   holds the leader's session advisory lock, tried again every `leader_retry_seconds`
@@ -120,7 +123,9 @@ class PostgresJournal(SqlJournal):
             name="journal",
         )
         self._appender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-append")
-        self._writers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="journal-write")
+        self._writer = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="journal-write"
+        )  # one batch at a time
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="journal-read")
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -146,8 +151,8 @@ class PostgresJournal(SqlJournal):
             raise JournalUnavailable("journal is not open")
         return await asyncio.get_running_loop().run_in_executor(executor, call)
 
-    async def _write(self, work: Callable[[Db], T]) -> T:
-        return await self._in(self._writers, work)
+    async def _write_batch(self, work: Callable[[Db], T]) -> T:
+        return await self._in(self._writer, work)
 
     async def _write_appends(self, work: Callable[[Db], T]) -> T:
         return await self._in(self._appender, work)
@@ -163,12 +168,20 @@ class PostgresJournal(SqlJournal):
             (sorted({_lock_key(key) for key in object_keys}),),
         )
 
+    def _lock_objects_of(self, db: Db, delivery_ids: Sequence[int]) -> None:
+        if delivery_ids:
+            rows = db.execute(
+                "SELECT DISTINCT kind || '/' || namespace || '/' || name FROM deliveries WHERE id = ANY(?)",
+                (sorted(set(delivery_ids)),),
+            ).fetchall()
+            self._lock_objects(db, [row[0] for row in rows])
+
     def _announce_work(self, db: Db) -> None:
         db.execute("SELECT pg_notify(?, ?)", (WORK_CHANNEL, self.owner))
 
     async def open(self) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(self._writers, self._open_and_migrate)
+            await asyncio.get_running_loop().run_in_executor(self._writer, self._open_and_migrate)
         except psycopg.Error as error:
             raise JournalUnavailable(f"cannot open journal: {type(error).__name__}: {error}") from error
         self._tasks = [
@@ -190,8 +203,8 @@ class PostgresJournal(SqlJournal):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._leadership.set(False)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writers, self._pool.close)
-        for executor in (self._appender, self._writers, self._readers):
+        await loop.run_in_executor(self._writer, self._pool.close)
+        for executor in (self._appender, self._writer, self._readers):
             executor.shutdown(wait=True)
 
     async def _heartbeat(self) -> None:

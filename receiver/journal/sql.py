@@ -15,9 +15,18 @@ Three things keep the cost of the loop flat as the backlog grows:
 - **Group commit.** Concurrent `append`s queue up and are written together in one
   transaction (one fsync); each keeps its own savepoint, so one bad event fails
   alone, while a failed commit fails every event of the batch and writes none.
-  Each request still gets its answer only after its own row is durable.
-- **Separate lanes.** A batch of appends is one job for the writer, so the worker's
-  writes wait at most one batch, and reads never wait for writes.
+  Each request still gets its answer only after its own row is durable. The
+  worker's writes (claims, state changes, decisions, actions) are batched the
+  same way on a lane of their own, with a savepoint each, for the same reason: a
+  write the database refuses (or a lost claim) concerns one delivery, and its
+  neighbours in the batch should not have to be retried for it.
+- **One lock order.** Writes that move a head lock their objects (PostgreSQL
+  advisory locks) for the whole batch before anything else, in sorted order, as a
+  batch of appends does: several writes taking them one by one in their own order
+  could deadlock with an append batch or another replica's writes.
+- **Separate lanes.** Appends and the worker's writes are separate batches on
+  separate connections, so neither queues behind a long line of the other, and
+  reads never wait for writes.
 """
 
 from __future__ import annotations
@@ -31,8 +40,9 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import structlog
 
@@ -122,6 +132,18 @@ def _now() -> float:
     return time.time()
 
 
+@dataclass(frozen=True)
+class _Write:
+    """One of the worker's writes; `locking`: the deliveries whose objects it locks."""
+
+    work: Callable[[Db], Any]
+    locking: tuple[int, ...]
+
+
+def _perform(db: Db, write: _Write) -> Any:
+    return write.work(db)
+
+
 def new_owner() -> str:
     """This process's name on its claims: host, pid and a random part (pids repeat across pods)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -142,6 +164,7 @@ class SqlJournal(ABC):
         self.work = WorkSignal()
         self._leadership = Leadership()
         self._appends: GroupCommit[NewDelivery, AppendResult] = GroupCommit(self._commit_appends)
+        self._writes: GroupCommit[_Write, Any] = GroupCommit(self._commit_writes)
 
     # What a backend provides.
 
@@ -153,12 +176,12 @@ class SqlJournal(ABC):
     async def close(self) -> None: ...
 
     @abstractmethod
-    async def _write(self, work: Callable[[Db], T]) -> T:
+    async def _write_batch(self, work: Callable[[Db], T]) -> T:
         """Run `work` in one write transaction on the worker's lane; errors become JournalUnavailable."""
 
     @abstractmethod
     async def _write_appends(self, work: Callable[[Db], T]) -> T:
-        """Like `_write`, on the lane of ingest's batches."""
+        """Like `_write_batch`, on the lane of ingest's batches."""
 
     @abstractmethod
     async def _read(self, work: Callable[[Db], T]) -> T:
@@ -166,6 +189,9 @@ class SqlJournal(ABC):
 
     def _lock_objects(self, db: Db, object_keys: Iterable[str]) -> None:  # noqa: B027 - optional hook
         """Serialize appends and head moves per object across replicas (PostgreSQL)."""
+
+    def _lock_objects_of(self, db: Db, delivery_ids: Sequence[int]) -> None:  # noqa: B027 - optional hook
+        """`_lock_objects` for the objects of these deliveries (PostgreSQL)."""
 
     def _announce_work(self, db: Db) -> None:  # noqa: B027 - optional hook
         """Tell other replicas, on commit, that new work is due (PostgreSQL NOTIFY)."""
@@ -177,6 +203,19 @@ class SqlJournal(ABC):
     async def wait_for_work(self, at_most: float) -> bool:
         """Return when new work may be due (True) or after `at_most` seconds (False)."""
         return await self.work.wait(at_most)
+
+    async def _write(self, work: Callable[[Db], T], *, locking: Sequence[int] = ()) -> T:
+        """Run `work` in its own savepoint of the worker lane's next batch (see the module
+        docstring); it returns once that batch has committed. `locking`: the deliveries whose
+        objects `work` moves heads of, locked up front for the whole batch."""
+        return cast(T, await self._writes.submit(_Write(work, tuple(locking))))
+
+    async def _commit_writes(self, writes: Sequence[_Write]) -> Sequence[Any]:
+        return await self._write_batch(functools.partial(self._write_all, writes=writes))
+
+    def _write_all(self, db: Db, writes: Sequence[_Write]) -> builtins.list[Any]:
+        self._lock_objects_of(db, [delivery_id for write in writes for delivery_id in write.locking])
+        return self.each_in_savepoint(db, writes, _perform)
 
     # Ingest.
 
@@ -376,7 +415,6 @@ class SqlJournal(ABC):
             ).fetchone()
             if current is None:
                 return
-            self._lock_objects(db, ["/".join(current[1:])])  # before the head's row lock: see postgres.py
             head = db.execute(
                 f"SELECT owner FROM object_heads WHERE delivery_id = ?{self.row_lock}",  # noqa: S608
                 (delivery_id,),
@@ -400,7 +438,7 @@ class SqlJournal(ABC):
             if decision is not None:
                 _insert_decision(db, delivery_id, decision, {})
 
-        await self._write(write)
+        await self._write(write, locking=[delivery_id])
 
     @property
     def _skip_locked(self) -> str:
@@ -513,7 +551,6 @@ class SqlJournal(ABC):
                 ).fetchone()
                 if row is None:
                     continue
-                self._lock_objects(db, [row[0]])
                 # It becomes the head unless an older one is, or the head is being worked on
                 # (then it follows once that one finishes).
                 db.execute(
@@ -529,7 +566,7 @@ class SqlJournal(ABC):
                 self._announce_work(db)
             return replayed
 
-        replayed = await self._write(write)
+        replayed = await self._write(write, locking=delivery_ids)
         if replayed:
             self.work.notify()
         return replayed

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TypeVar
 
 from receiver.journal.base import JournalUnavailable
-from receiver.journal.batching import GroupCommit
 from receiver.journal.migrations import MIGRATIONS
 from receiver.journal.sql import Db, SqlJournal
 from receiver.journal.sqlite_lock import ServingLock
@@ -39,8 +38,6 @@ class SqliteJournal(SqlJournal):
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-write")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-read")
         self._connections: dict[ThreadPoolExecutor, sqlite3.Connection] = {}
-        # The worker's writes, like ingest's appends, share commits when they queue up.
-        self._writes: GroupCommit[Callable[[Db], Any], Any] = GroupCommit(self._commit_writes)
         self._leadership.set(True)
 
     async def _in(self, executor: ThreadPoolExecutor, work: Callable[[Db], T]) -> T:
@@ -66,11 +63,8 @@ class SqliteJournal(SqlJournal):
             raise JournalUnavailable("journal is not open")
         return await asyncio.get_running_loop().run_in_executor(executor, call)
 
-    async def _write(self, work: Callable[[Db], T]) -> T:
-        return cast(T, await self._writes.submit(work))
-
-    async def _commit_writes(self, works: Sequence[Callable[[Db], Any]]) -> Sequence[Any]:
-        return await self._in(self._writer, lambda db: self.each_in_savepoint(db, works, _perform))
+    async def _write_batch(self, work: Callable[[Db], T]) -> T:
+        return await self._in(self._writer, work)
 
     async def _write_appends(self, work: Callable[[Db], T]) -> T:
         return await self._in(self._writer, work)
@@ -117,10 +111,6 @@ class SqliteJournal(SqlJournal):
             executor.shutdown(wait=True)
         if self._serving_lock is not None:
             self._serving_lock.release()
-
-
-def _perform(db: Db, work: Callable[[Db], T]) -> T:
-    return work(db)
 
 
 def _migrate(db: sqlite3.Connection) -> None:

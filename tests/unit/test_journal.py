@@ -319,16 +319,21 @@ async def test_a_claim_reads_only_the_due_heads_whatever_the_backlog(journal: Sq
     )
 
 
-async def test_concurrent_appends_commit_together_and_a_bad_event_fails_alone(journal: SqlJournal) -> None:
-    transactions = 0
-    write_appends = journal._write_appends
+def _transactions(journal: SqlJournal, lane: str) -> list[Callable[[Db], Any]]:
+    """What `journal` runs on `lane` (`_write_appends` or `_write_batch`), one entry a transaction."""
+    transactions: list[Callable[[Db], Any]] = []
+    run = getattr(journal, lane)
 
     async def counted(work: Callable[[Db], Any]) -> Any:
-        nonlocal transactions
-        transactions += 1
-        return await write_appends(work)
+        transactions.append(work)
+        return await run(work)
 
-    journal._write_appends = counted  # type: ignore[method-assign]
+    setattr(journal, lane, counted)
+    return transactions
+
+
+async def test_concurrent_appends_commit_together_and_a_bad_event_fails_alone(journal: SqlJournal) -> None:
+    transactions = _transactions(journal, "_write_appends")
     good = [new_delivery(f"event {i}".encode(), name=f"o{i}", dedupe=f"{i}") for i in range(40)]
     bad = new_delivery(b"bad", name="bad\ud800", dedupe="bad")  # not encodable: refused by the database
     outcomes = await asyncio.gather(
@@ -337,8 +342,42 @@ async def test_concurrent_appends_commit_together_and_a_bad_event_fails_alone(jo
     assert isinstance(outcomes[20], JournalUnavailable)
     accepted = [o for o in outcomes if not isinstance(o, BaseException)]
     assert len(accepted) == 40 and len({o.id for o in accepted}) == 40
-    assert transactions < 10  # 41 appends, a handful of shared commits
+    assert len(transactions) < 10  # 41 appends, a handful of shared commits
     assert sum((await journal.depth()).values()) == 40  # nothing of the bad one was written
+
+
+async def test_the_workers_writes_commit_together_and_a_bad_one_is_undone_alone(journal: SqlJournal) -> None:
+    transactions = _transactions(journal, "_write_batch")
+    ids = [
+        (await journal.append(new_delivery(f"{i}".encode(), name=f"o{i}", dedupe=f"{i}"))).id
+        for i in range(30)
+    ]
+    claimed = await journal.claim(T0, 30, frozenset())
+    assert len(claimed) == 30
+    transactions.clear()
+    # The bad write changes the state, then fails on its decision: all of it must be undone.
+    bad = journal.set_state(ids[10], DeliveryState.DONE, decision="refused \ud800")
+    outcomes = await asyncio.gather(
+        *(journal.set_state(i, DeliveryState.DONE, decision=f"done {i}") for i in ids[:10]),
+        bad,
+        *(journal.set_state(i, DeliveryState.DONE, decision=f"done {i}") for i in ids[11:]),
+        *(journal.begin_action(i, f"mark:{i}", "mark_task", {"dag_id": "d"}) for i in ids),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[10], JournalUnavailable)
+    assert not any(isinstance(o, BaseException) for o in outcomes[:10] + outcomes[11:])
+    assert len(transactions) < 10  # 60 writes, a handful of shared commits
+    for delivery_id in ids:
+        stored = await journal.get(delivery_id)
+        assert stored is not None and len(stored.actions) == 1
+        if delivery_id == ids[10]:
+            assert stored.state is DeliveryState.RESOLVING
+            assert [d.text for d in stored.decisions] == []
+        else:
+            assert stored.state is DeliveryState.DONE
+            assert [d.text for d in stored.decisions] == [f"done {delivery_id}"]
+    await journal.set_state(ids[10], DeliveryState.DONE)  # the caller tries again; nothing is in its way
+    assert (await journal.depth())[DeliveryState.DONE] == 30
 
 
 async def test_an_append_wakes_the_worker_and_a_duplicate_does_not(journal: SqlJournal) -> None:

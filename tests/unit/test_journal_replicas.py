@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from receiver.journal import ActionState, DeliveryState, JournalUnavailable
+from receiver.journal import ActionState, DeliveryState, JournalUnavailable, NewDelivery
 from receiver.journal.postgres import LEADER_LOCK, PostgresJournal
 from receiver.journal.sql import RESTART_NOTE
 from receiver.journal.sqlite import SqliteJournal
@@ -217,3 +218,94 @@ async def test_work_in_progress_on_postgresql_is_left_to_its_lease(
     stored = await restarting.get(claimed.id)
     assert stored is not None and stored.state is DeliveryState.RESOLVING
     assert RESTART_NOTE not in [d.text for d in stored.decisions]
+
+
+async def test_a_batch_of_the_workers_writes_that_cannot_commit_fails_every_write_and_keeps_none(
+    replicas: Callable[..., PostgresJournal],
+) -> None:
+    journal = replicas()
+    await journal.open()
+    ids = [
+        (await journal.append(new_delivery(f"{i}".encode(), name=f"o{i}", dedupe=f"{i}"))).id
+        for i in range(8)
+    ]
+    await journal.claim(T0, 8, frozenset())
+    # One write of the batch loses the connection (as when PostgreSQL restarts mid-commit).
+    lost = journal._write(lambda db: db.execute("SELECT pg_terminate_backend(pg_backend_pid())"))
+    outcomes = await asyncio.gather(
+        *(journal.set_state(i, DeliveryState.DONE, decision="done") for i in ids[:4]),
+        lost,
+        *(journal.add_decision(i, "noted") for i in ids[4:]),
+        return_exceptions=True,
+    )
+    assert all(isinstance(o, JournalUnavailable) for o in outcomes)
+    for delivery_id in ids:
+        stored = await journal.get(delivery_id)
+        assert stored is not None and stored.state is DeliveryState.RESOLVING and stored.decisions == ()
+    await asyncio.gather(*(journal.set_state(i, DeliveryState.DONE) for i in ids))  # a new connection serves
+    assert (await journal.depth())[DeliveryState.DONE] == 8
+
+
+async def test_replicas_draining_while_events_arrive_keep_order_fence_and_never_deadlock(
+    replicas: Callable[..., PostgresJournal],
+) -> None:
+    """Both replicas append, claim and finish at once, their writes in shared batches that each
+    lock several objects: every delivery is finished once, in order per object, without errors."""
+    a, b = replicas(), replicas()
+    await a.open()
+    await b.open()
+    events = [new_delivery(f"{i}".encode(), name=f"o{i % 12}", dedupe=f"{i}") for i in range(240)]
+    claimed: list[tuple[str, int]] = []
+
+    async def ingest(journal: PostgresJournal, share: Sequence[NewDelivery]) -> None:
+        for start in range(0, len(share), 10):
+            await asyncio.gather(*(journal.append(d) for d in share[start : start + 10]))
+
+    async def work(journal: PostgresJournal) -> None:
+        idle = 0
+        while idle < 20:
+            taken = await journal.claim(T0 + timedelta(days=1), 8, frozenset())
+            idle = 0 if taken else idle + 1
+            claimed.extend((d.name, d.id) for d in taken)
+            await asyncio.gather(
+                *(journal.add_decision(d.id, f"worked by {journal.owner}") for d in taken),
+                *(journal.set_state(d.id, DeliveryState.DONE) for d in taken),
+            )
+            await asyncio.sleep(0 if taken else 0.02)
+
+    await asyncio.gather(ingest(a, events[0::2]), ingest(b, events[1::2]), work(a), work(b))
+    assert (await a.depth())[DeliveryState.DONE] == 240
+    assert sorted(i for _, i in claimed) == list(range(1, 241))  # each claimed once
+    for name in {n for n, _ in claimed}:
+        in_claim_order = [i for n, i in claimed if n == name]
+        assert in_claim_order == sorted(in_claim_order)
+    for delivery_id in (1, 120, 240):
+        stored = await a.get(delivery_id)
+        assert stored is not None and stored.attempts == 1 and len(stored.decisions) == 1
+
+
+async def test_a_stale_owners_write_in_a_batch_is_fenced_and_its_neighbours_commit(
+    replicas: Callable[..., PostgresJournal],
+) -> None:
+    stalled, alive = replicas(lease_seconds=0.6), replicas(lease_seconds=0.6)
+    await stalled.open()
+    await alive.open()
+    lost = await stalled.append(new_delivery(b"lost", name="lost", dedupe="lost"))
+    for task in stalled._tasks:  # no heartbeat: its claims go stale
+        task.cancel()
+    await stalled.claim(T0, 10, frozenset())
+    await asyncio.sleep(0.8)
+    [taken] = await alive.claim(T0, 10, frozenset())
+    kept = await stalled.append(new_delivery(b"kept", name="kept", dedupe="kept"))
+    [mine] = await stalled.claim(T0, 10, frozenset())
+    await asyncio.gather(
+        stalled.set_state(lost.id, DeliveryState.DEAD, error="late", decision="too late"),
+        stalled.set_state(mine.id, DeliveryState.DONE, decision="finished"),
+    )
+    assert (taken.id, mine.id) == (lost.id, kept.id)
+    late = await alive.get(lost.id)
+    assert late is not None and late.state is DeliveryState.RESOLVING and late.last_error is None
+    assert "too late" not in [d.text for d in late.decisions]
+    finished = await alive.get(kept.id)
+    assert finished is not None and finished.state is DeliveryState.DONE
+    assert finished.decisions[-1].text == "finished"
