@@ -112,6 +112,10 @@ class PostgresServer:
         """What the `journal` key holds: no password (it comes from the password file)."""
         return f"postgresql://{ROLE}@127.0.0.1:{self.port}/{database}"
 
+    def url_with_password(self, database: str) -> str:
+        """For clients that take their password only in the URL (Airflow's metadata database)."""
+        return f"postgresql://{ROLE}:{PASSWORD}@127.0.0.1:{self.port}/{database}"
+
     def create_role(self) -> None:
         with self.admin() as db:
             db.execute(f"CREATE ROLE {ROLE} LOGIN CREATEDB PASSWORD '{PASSWORD}'")

@@ -4,8 +4,11 @@ Airflow lives in its own virtualenv under `<repo>/.cache/` (it needs ~300 MB and
 pinned dependencies, which must not leak into Fluxback's). The four components run as
 separate processes, each the leader of its own process group, so teardown can stop every
 fork they make. The set-up is the smallest one that runs every Airflow 3 component:
-SQLite, LocalExecutor with 4 slots, SimpleAuthManager with a passwords file, and fixed
-secrets so that tests can craft their own tokens.
+LocalExecutor with 4 slots, SimpleAuthManager with a passwords file, and fixed secrets so
+that tests can craft their own tokens. The metadata database is the one the caller gives
+(the test session's PostgreSQL: Airflow on SQLite answers concurrent writes, such as two
+Fluxback replicas posting asset events, with `500 Database error`, and can fail a resumed
+task under load) or, for a quick local run, a SQLite file in the home folder.
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ from urllib.parse import quote, urlencode
 from tests.helpers import free_port
 
 AIRFLOW_VERSION = "3.3.2"
+# Airflow's PostgreSQL drivers: psycopg 3 (SQLAlchemy 2.1's default for postgresql://) for its sync
+# engine, asyncpg for the API server's async one.
+POSTGRES_DRIVERS = ("psycopg[binary]==3.3.9", "asyncpg==0.32.0")
 REPO_ROOT = Path(__file__).resolve().parents[2]
-VENV = REPO_ROOT / ".cache" / f"airflow-{AIRFLOW_VERSION}"
+VENV = REPO_ROOT / ".cache" / f"airflow-{AIRFLOW_VERSION}-postgres"
 DAG_SOURCES = (REPO_ROOT / "tests" / "integration" / "dags", REPO_ROOT / "examples" / "dags")
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 USERS = {"admin": "admin-pass-123", "viewer": "viewer-pass-123"}
@@ -51,7 +57,7 @@ def ensure_airflow_venv(venv: Path = VENV) -> Path:
     interrupted install is never mistaken for a complete one. After the rename the console scripts'
     shebangs point at the old directory, which is why Airflow is always run as `python -m airflow`.
     """
-    spec = f"apache-airflow=={AIRFLOW_VERSION}"
+    spec = " ".join((f"apache-airflow=={AIRFLOW_VERSION}", *POSTGRES_DRIVERS))
     marker = venv / _MARKER
     if marker.is_file() and marker.read_text() == spec:
         return venv
@@ -67,7 +73,7 @@ def ensure_airflow_venv(venv: Path = VENV) -> Path:
         log = venv.parent / f"{venv.name}.install.log"
         with open(log, "wb") as out:
             result = subprocess.run(
-                [str(staging / "bin" / "python"), "-m", "pip", "install", "--quiet", spec],
+                [str(staging / "bin" / "python"), "-m", "pip", "install", "--quiet", *spec.split()],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 timeout=900,
@@ -93,12 +99,13 @@ def _tail(path: Path, lines: int) -> str:
 class AirflowServer:
     """One running Airflow: where it is, how to log in, and the calls tests need to drive it."""
 
-    def __init__(self, root: Path, venv: Path) -> None:
+    def __init__(self, root: Path, venv: Path, database: str | None = None) -> None:
         self.root = root
         self.python = venv / "bin" / "python"
         self.home = root / "home"
         self.dags_folder = root / "dags"
         self.logs = root / "logs"
+        self.database = database or f"sqlite:///{self.home / 'airflow.db'}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.username = "admin"
@@ -132,7 +139,7 @@ class AirflowServer:
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.root / "passwords.json"),
                 "AIRFLOW__CORE__FERNET_KEY": FERNET_KEY,
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database,
                 "AIRFLOW__API__HOST": "127.0.0.1",
                 "AIRFLOW__API__PORT": str(self.port),
                 "AIRFLOW__API__BASE_URL": self.url,
@@ -387,6 +394,10 @@ class AirflowServer:
         answer = self.api("GET", f"/dags/{_seg(dag_id)}/dagRuns", params={"order_by": "-run_after"})
         runs: list[dict[str, Any]] = answer["dag_runs"]
         return runs
+
+    def component_log(self, component: str) -> str:
+        """What one Airflow component (e.g. "scheduler") has written to its log so far."""
+        return (self.logs / f"{component}.log").read_text(errors="replace")
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
         """`{task_id: state}` of one run; mapped tasks appear as `task_id[index]`."""

@@ -169,7 +169,19 @@ async def logged(airflow: AirflowServer, run_id: str, task_id: str, text: str, d
     try:
         return await airflow.wait_until(check, 90, f"{text!r} in the log of {task_id}")
     except AssertionError:
-        return task_log(airflow, run_id, task_id, dag_id)  # the caller's assertion shows it
+        return log_and_why(airflow, run_id, task_id, dag_id)  # the caller's assertion shows it
+
+
+def log_and_why(airflow: AirflowServer, run_id: str, task_id: str, dag_id: str) -> str:
+    """The task's log with what explains a missing line: the task instance, its log files on
+    disk, and what the scheduler said about the run."""
+    ti = airflow.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+    folder = airflow.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+    files = sorted(path.name for path in folder.glob("*")) if folder.is_dir() else []
+    scheduler = [line for line in airflow.component_log("scheduler").splitlines() if run_id in line]
+    return "\n".join(
+        [task_log(airflow, run_id, task_id, dag_id), json.dumps(ti), f"log files: {files}", *scheduler[-20:]]
+    )
 
 
 async def finished(airflow: AirflowServer, run_id: str, dag_id: str = DEPLOY) -> str:
