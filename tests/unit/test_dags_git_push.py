@@ -30,7 +30,7 @@ from receiver.dags import (
     add_airflow_trailers,
     commit_and_push,
 )
-from receiver.dags.git_push import _git_environment, _refuse_credentials_in
+from receiver.dags.git_command import credentials_environment, refuse_credentials_in
 from tests.helpers import ProcessWatch
 
 SEED_IDENTITY = {
@@ -335,7 +335,7 @@ def test_a_url_with_credentials_is_refused_without_repeating_them(url: str) -> N
     ],
 )
 def test_an_ssh_user_name_is_not_a_credential(url: str) -> None:
-    _refuse_credentials_in(url)
+    refuse_credentials_in(url)
 
 
 def test_credentials_from_an_airflow_connection() -> None:
@@ -352,7 +352,7 @@ def test_an_ssh_key_lives_in_a_private_file_only_while_git_runs() -> None:
         ssh_private_key="-----BEGIN KEY-----\nabc\n", ssh_known_hosts="git.example.com ssh-ed25519 AAAA"
     )
 
-    with _git_environment(auth) as env:
+    with credentials_environment(auth) as env:
         command = env["GIT_SSH_COMMAND"]
         key = Path(re.search(r"-i (\S+)", command).group(1))  # type: ignore[union-attr]
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
