@@ -59,11 +59,30 @@ def push_change(
         workdir: keep the clone here and fetch into it next time (large repositories; one task
             at a time per directory); by default each run clones into a temporary directory.
     """
-    # Read the Receiver connection first: a misconfigured one fails the task before anything is
-    # pushed, and after the push a failed poke only warns (Flux reconciles at its interval anyway).
-    receiver = None
-    if flux_receiver_conn_id:
-        receiver = FluxReceiver.from_connection(BaseHook.get_connection(flux_receiver_conn_id))
+    receiver = _flux_receiver(flux_receiver_conn_id)  # first: a bad connection fails before the push
+    url, auth, author = _git_connection(git_conn_id, repository)
+    claimed = add_airflow_trailers(message, context, mark=mark, map_index=mark_map_index, instance=instance)
+    result = commit_and_push(
+        url,
+        change=change,
+        message=claimed,
+        branch=branch,
+        auth=auth,
+        author=author,
+        attempts=attempts,
+        workdir=workdir,
+    )
+    _poke(receiver, context, result)
+    return result
+
+
+def _flux_receiver(conn_id: str | None) -> FluxReceiver | None:
+    """The Flux Receiver named by connection `conn_id`, if one is named."""
+    return FluxReceiver.from_connection(BaseHook.get_connection(conn_id)) if conn_id else None
+
+
+def _git_connection(git_conn_id: str, repository: str | None) -> tuple[str, GitAuth, GitIdentity]:
+    """Where to push, with which credentials and as whom: all from the one Airflow Connection."""
     connection = BaseHook.get_connection(git_conn_id)
     url = repository or connection.host
     if not url:
@@ -73,21 +92,17 @@ def push_change(
     author = GitIdentity(
         name=extra.get("author_name") or default.name, email=extra.get("author_email") or default.email
     )
-    claimed = add_airflow_trailers(message, context, mark=mark, map_index=mark_map_index, instance=instance)
-    result = commit_and_push(
-        url,
-        change=change,
-        message=claimed,
-        branch=branch,
-        auth=GitAuth.from_connection(connection),
-        author=author,
-        attempts=attempts,
-        workdir=workdir,
-    )
-    if result.committed and receiver is not None:
+    return url, GitAuth.from_connection(connection), author
+
+
+def _poke(receiver: FluxReceiver | None, context: Mapping[str, Any], result: PushResult) -> None:
+    """Have Flux fetch a new commit now rather than at its interval.
+
+    A failed poke only warns (`FluxReceiver.poke`): Flux reconciles at its interval anyway.
+    """
+    if receiver is not None and result.committed:
         ti = context["ti"]
         receiver.poke({"dag_id": ti.dag_id, "run_id": ti.run_id, "revision": result.revision})
-    return result
 
 
 class GitCommitOperator(BaseOperator):  # type: ignore[misc]  # Airflow is not installed where mypy runs
