@@ -3,11 +3,10 @@
 GitOps changes are reviewed as diffs, and manifests carry comments that people
 rely on (`# renovate: ...`, `# {"$imagepolicy": ...}`). Loading a file with
 PyYAML and dumping it again drops every comment and re-formats the whole file,
-so these helpers edit the text instead: PyYAML parses the file into nodes that
-know where they start and end, and only the bytes of the target value change
-(or, for a new key or list item, new lines are inserted after the last line of
-the enclosing block). After each edit the file is parsed again and compared
-with the expected data; if anything but the target changed, nothing is written.
+so these helpers edit the text instead (`receiver.dags.yaml_text`): only the bytes
+of the target value change, or new lines are inserted for a new key or list item.
+After each edit the file is parsed again and compared with the expected data; if
+anything but the target changed, nothing is written.
 
 Limits (each is an error that names the path, never a silent rewrite):
 - the target of `set_yaml_value` must be a scalar (string, number, bool, null):
@@ -21,23 +20,17 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-Scalar = str | int | float | bool | None
-YamlPath = str | Sequence[str | int]
-"""`"spec.values.image.tag"`, `"spec.containers[0].image"`, or a list of keys and indexes."""
+from receiver.dags.yaml_text import Scalar, TextEdit, YamlEditError, YamlPath, mapping_entry, show_path
 
-_NO_WRAP = 1_000_000
+__all__ = ["Scalar", "YamlEditError", "YamlPath", "parse_path", "set_kustomization_image", "set_yaml_value"]
+
 _SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-_QUOTED_STYLES = ("'", '"')
-
-
-class YamlEditError(ValueError):
-    """The file cannot be edited as asked; the message names the file, the path and why."""
 
 
 def parse_path(path: YamlPath) -> list[str | int]:
@@ -76,7 +69,7 @@ def set_yaml_value(file: str | Path, path: YamlPath, value: Scalar, *, document:
     """
     if not isinstance(value, Scalar):
         raise YamlEditError(
-            f"{file}: {_show(path)}: only scalar values can be set, got {type(value).__name__}"
+            f"{file}: {show_path(path)}: only scalar values can be set, got {type(value).__name__}"
         )
     parts = parse_path(path)
     if not parts:
@@ -116,35 +109,44 @@ def set_kustomization_image(
     }
     if not fields:
         raise YamlEditError(f"{file}: image {name!r}: give at least one of new_tag, new_name, digest")
+    return _edit_file(
+        Path(file),
+        0,
+        lambda data: _set_image_in_data(data, name, fields),
+        lambda edit: _set_image(edit, name, fields),
+    )
 
-    def expected(data: Any) -> None:
-        if not isinstance(data.get("images"), list):
-            data["images"] = []
-        entry = next((i for i in data["images"] if isinstance(i, dict) and i.get("name") == name), None)
-        if entry is None:
-            data["images"].append({"name": name, **fields})
-        else:
-            entry.update(fields)
 
-    def change(edit: _Edit) -> None:
-        images = edit.lookup(["images"])
-        if not isinstance(images, yaml.SequenceNode) or not images.value:
-            edit.set(["images"], [{"name": name, **fields}])
+def _set_image_in_data(data: Any, name: str, fields: Mapping[str, str]) -> None:
+    """What `_set_image` should have done, on the parsed data: the check that it touched nothing else."""
+    if not isinstance(data.get("images"), list):
+        data["images"] = []
+    entry = next((i for i in data["images"] if isinstance(i, dict) and i.get("name") == name), None)
+    if entry is None:
+        data["images"].append({"name": name, **fields})
+    else:
+        entry.update(fields)
+
+
+def _set_image(edit: TextEdit, name: str, fields: Mapping[str, str]) -> None:
+    """Update the `images:` entry named `name` in place, or add one, as `kustomize edit set image` does."""
+    images = edit.lookup(["images"])
+    if not isinstance(images, yaml.SequenceNode) or not images.value:
+        edit.set(["images"], [{"name": name, **fields}])
+        return
+    for index, item in enumerate(images.value):
+        entry = mapping_entry(item, "name") if isinstance(item, yaml.MappingNode) else None
+        if entry is not None and isinstance(entry[1], yaml.ScalarNode) and entry[1].value == name:
+            for key, text in fields.items():
+                edit.set(["images", index, key], text)
             return
-        for index, item in enumerate(images.value):
-            entry = _entry(item, "name") if isinstance(item, yaml.MappingNode) else None
-            if entry is not None and isinstance(entry[1], yaml.ScalarNode) and entry[1].value == name:
-                for key, text in fields.items():
-                    edit.set(["images", index, key], text)
-                return
-        edit.append(["images"], {"name": name, **fields})
-
-    return _edit_file(Path(file), 0, expected, change)
+    edit.append(["images"], {"name": name, **fields})
 
 
 def _edit_file(
-    file: Path, document: int, expected: Callable[[Any], None], change: Callable[[_Edit], None]
+    file: Path, document: int, expected: Callable[[Any], None], change: Callable[[TextEdit], None]
 ) -> bool:
+    """Make `change` and write it only if the file then reads as `expected` says: else it changed more."""
     try:
         with open(file, encoding="utf-8", newline="") as handle:
             text = handle.read()
@@ -160,7 +162,7 @@ def _edit_file(
         f"{file}: the edit would have changed more than the target (a YAML construct these"
         " helpers do not handle); the file was left unchanged"
     )
-    edit = _Edit(file, text, document)
+    edit = TextEdit(file, text, document)
     try:
         change(edit)
         after = list(yaml.safe_load_all(edit.text))
@@ -175,205 +177,6 @@ def _edit_file(
     with open(file, "w", encoding="utf-8", newline="") as handle:
         handle.write(edit.text)
     return True
-
-
-class _Edit:
-    """The file's text and the node tree of one of its documents, parsed again after every change."""
-
-    def __init__(self, file: Path, text: str, document: int) -> None:
-        self.file = file
-        self.document = document
-        self.newline = "\r\n" if "\r\n" in text else "\n"
-        self._apply(text)
-
-    def _apply(self, text: str) -> None:
-        self.text = text
-        self.root: yaml.Node | None = list(yaml.compose_all(text, Loader=yaml.SafeLoader))[self.document]
-
-    def lookup(self, parts: Sequence[str | int]) -> yaml.Node | None:
-        """The node at `parts`, None when a mapping key on the way is missing."""
-        node = self.root
-        for part in parts:
-            step = self._step(node, part, parts)
-            if step is None:
-                return None
-            node = step[1]
-        return node
-
-    def set(self, parts: Sequence[str | int], value: Any) -> None:
-        """Set `value` at `parts`: replace a scalar in place, or write the missing keys as new lines."""
-        node, key_column = self.root, -1
-        for depth, part in enumerate(parts):
-            if node is not None and _is_empty(node) and key_column >= 0:
-                self._replace_empty(node, key_column, _nest(parts[depth:], value))
-                return
-            step = self._step(node, part, parts)
-            if step is None:
-                self._add_key(node, parts[depth:], value, parts[:depth])
-                return
-            key, node = step
-            key_column = -1 if key is None else key.start_mark.column
-        if not isinstance(value, dict | list):
-            self._replace_scalar(node, value, parts)
-        elif node is not None and _is_empty(node) and key_column >= 0:
-            self._replace_empty(node, key_column, value)
-        else:
-            raise self._error(parts, f"holds {_kind(node)}, expected a list or nothing")
-
-    def append(self, parts: Sequence[str | int], item: Any) -> None:
-        """Add `item` after the last entry of the non-empty list at `parts`."""
-        sequence = self.lookup(parts)
-        assert isinstance(sequence, yaml.SequenceNode) and sequence.value
-        if sequence.flow_style:
-            raise self._error(parts, "is a flow list ([...]); items are only added to block lists")
-        dash = self.text.rindex("-", 0, sequence.value[0].start_mark.index)
-        column = dash - (self.text.rfind("\n", 0, dash) + 1)
-        self._insert_lines(_last_end(sequence), column, [item])
-
-    def _step(
-        self, node: yaml.Node | None, part: str | int, parts: Sequence[str | int]
-    ) -> tuple[yaml.Node | None, yaml.Node] | None:
-        """The (key node or None for a list item, value node) at `part` of `node`; None for a missing key."""
-        if isinstance(node, yaml.MappingNode):
-            entry = _entry(node, str(part))
-            if entry is not None and entry[1].start_mark.index < entry[0].end_mark.index:
-                raise self._error(
-                    parts, f"goes through an alias at {part!r}; edit the anchored value instead"
-                )
-            return entry
-        if isinstance(node, yaml.SequenceNode):
-            index = part if isinstance(part, int) else int(part) if part.isdigit() else None
-            if index is None or index >= len(node.value):
-                raise self._error(parts, f"has no list item {part!r} (the list has {len(node.value)})")
-            item: yaml.Node = node.value[index]
-            return None, item
-        raise self._error(parts, f"cannot go into {part!r}: the value there is {_kind(node)}")
-
-    def _replace_scalar(self, node: yaml.Node | None, value: Scalar, parts: Sequence[str | int]) -> None:
-        if not isinstance(node, yaml.ScalarNode):
-            raise self._error(parts, f"holds {_kind(node)}; only scalar values are replaced")
-        if node.style in ("|", ">"):
-            raise self._error(parts, "holds a block scalar (| or >), which is not rewritten in place")
-        start, end = node.start_mark.index, node.end_mark.index
-        old = self.text[start:end]
-        if old[:1] in ("&", "!", "*"):
-            raise self._error(parts, "holds an anchored or tagged value; edit it by hand")
-        current = yaml.safe_load(old)
-        if type(current) is type(value) and current == value:
-            return
-        style = node.style if node.style in _QUOTED_STYLES and isinstance(value, str) else None
-        if style is None and isinstance(value, str) and self._in_flow(node):
-            style = '"'
-        if isinstance(value, str) and ("\n" in value or "\r" in value):
-            raise self._error(parts, "cannot be set to a value with line breaks")
-        new = _scalar_text(value, style)
-        self._apply(self.text[:start] + ("" if old else " ") + new + self.text[end:])
-
-    def _add_key(
-        self, mapping: yaml.Node | None, parts: Sequence[str | int], value: Any, at: Sequence[str | int]
-    ) -> None:
-        if not isinstance(mapping, yaml.MappingNode):
-            raise self._error(at, f"is {_kind(mapping)}, so key {parts[0]!r} cannot be added")
-        if not mapping.value:
-            raise self._error(
-                at, "is an empty mapping at the top of the document; write its first key by hand"
-            )
-        if mapping.flow_style:
-            raise self._error(at, "is a flow mapping ({...}); keys are only added to block mappings")
-        self._insert_lines(_last_end(mapping), mapping.value[0][0].start_mark.column, _nest(parts, value))
-
-    def _replace_empty(self, node: yaml.Node, key_column: int, value: Any) -> None:
-        """Write a block value where a key has a null value or an empty `{}`/`[]`."""
-        column = key_column if isinstance(value, list) else key_column + 2
-        block = _block(value, column, self.newline).rstrip("\r\n")
-        start, end = node.start_mark.index, node.end_mark.index
-        self._apply(self.text[:start].rstrip(" ") + self.newline + block + self.text[end:])
-
-    def _insert_lines(self, after: int, column: int, value: Any) -> None:
-        """Insert `value` as block lines at `column`, after the line on which offset `after` lies."""
-        text = self.text
-        if after == 0 or text[after - 1] != "\n":
-            line_end = text.find("\n", after)
-            if line_end < 0:
-                text += self.newline
-                after = len(text)
-            else:
-                after = line_end + 1
-        self._apply(text[:after] + _block(value, column, self.newline) + text[after:])
-
-    def _in_flow(self, target: yaml.Node) -> bool:
-        """Whether `target` sits inside a flow collection, where plain scalars end at `,` `]` `}`."""
-
-        def walk(node: yaml.Node | None, flow: bool) -> bool | None:
-            if node is target:
-                return flow
-            if isinstance(node, yaml.MappingNode):
-                children = [value for _, value in node.value]
-            elif isinstance(node, yaml.SequenceNode):
-                children = list(node.value)
-            else:
-                return None
-            inner = flow or bool(node.flow_style)
-            return next((found for child in children if (found := walk(child, inner)) is not None), None)
-
-        return bool(walk(self.root, False))
-
-    def _error(self, parts: Sequence[str | int], problem: str) -> YamlEditError:
-        return YamlEditError(f"{self.file}: {_show(parts)} {problem}")
-
-
-def _entry(mapping: yaml.MappingNode, key: str) -> tuple[yaml.Node, yaml.Node] | None:
-    """The (key node, value node) pair for `key`; an alias's value node is the anchored node itself."""
-    for key_node, value_node in mapping.value:
-        if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
-            return key_node, value_node
-    return None
-
-
-def _last_end(node: yaml.Node) -> int:
-    """Where the last value inside a block collection ends (a block's own end mark is at the next token)."""
-    while isinstance(node, yaml.MappingNode | yaml.SequenceNode) and not node.flow_style and node.value:
-        last = node.value[-1]
-        node = last[1] if isinstance(node, yaml.MappingNode) else last
-    end: int = node.end_mark.index
-    return end
-
-
-def _is_empty(node: yaml.Node) -> bool:
-    """A null value (`key:`, `key: ~`) or an empty flow collection (`{}`, `[]`)."""
-    if isinstance(node, yaml.CollectionNode):
-        return bool(node.flow_style) and not node.value
-    return bool(node.tag == "tag:yaml.org,2002:null")
-
-
-def _scalar_text(value: Scalar, style: str | None) -> str:
-    return _dump(value, default_style=style).removesuffix("\n...\n").removesuffix("\n")
-
-
-def _block(value: Any, column: int, newline: str) -> str:
-    text = _dump(value, default_flow_style=False, sort_keys=False)
-    # Split on "\n" only: str.splitlines() would also split at U+0085 or U+2028 inside a value.
-    return "".join(" " * column + line + newline for line in text.removesuffix("\n").split("\n"))
-
-
-def _dump(value: Any, **options: Any) -> str:
-    """YAML text for `value`, keeping non-ASCII text readable where PyYAML writes it correctly.
-
-    PyYAML's emitter writes some line-break characters (U+0085, U+2028) raw inside quotes, where
-    they read back as spaces; for such values everything non-ASCII is escaped instead.
-    """
-    text: str = yaml.safe_dump(value, width=_NO_WRAP, allow_unicode=True, **options)
-    if yaml.safe_load(text) != value:
-        text = yaml.safe_dump(value, width=_NO_WRAP, allow_unicode=False, **options)
-    return text
-
-
-def _nest(parts: Sequence[str | int], value: Any) -> Any:
-    for part in reversed(parts):
-        if isinstance(part, int):
-            raise YamlEditError(f"list item [{part}] does not exist and is not created; add it by hand")
-        value = {part: value}
-    return value
 
 
 def _set_in_data(data: Any, parts: Sequence[str | int], value: Any) -> None:
@@ -391,17 +194,3 @@ def _set_in_data(data: Any, parts: Sequence[str | int], value: Any) -> None:
             elif not isinstance(data.get(key), dict | list):
                 data[key] = {}
             data = data[key]
-
-
-def _kind(node: yaml.Node | None) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    return "a scalar" if isinstance(node, yaml.ScalarNode) else "an empty document"
-
-
-def _show(path: YamlPath) -> str:
-    if isinstance(path, str):
-        return f"path {path!r}"
-    return "path " + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
