@@ -98,6 +98,9 @@ _SUMMARY_COLUMNS = (
     "revision, commit_sha, attempts, next_attempt_at, duplicate_of, last_error,"
     " COALESCE(retry_since, received_at), source"
 )
+_CORRELATION_COLUMNS = (
+    "delivery_id, commit_sha, committed_at, subject, dag_id, run_id, task_ids, map_index, instance, verdict"
+)
 _ACTION_COLUMNS = "key, delivery_id, kind, target, state, result, attempts, created_at, updated_at"
 DUE_HEADS = (
     "SELECT object_key, delivery_id, owner FROM object_heads"
@@ -263,11 +266,8 @@ class SqlJournal(ABC):
 
     async def get(self, delivery_id: int) -> Delivery | None:
         def read(db: Db) -> Delivery | None:
-            row = db.execute(
-                f"SELECT {_SUMMARY_COLUMNS}, body, authenticated_by FROM deliveries WHERE id = ?",  # noqa: S608
-                (delivery_id,),
-            ).fetchone()
-            return None if row is None else _delivery(db, row)
+            found = _load_deliveries(db, [delivery_id])
+            return found[0] if found else None
 
         return await self._read(read)
 
@@ -385,7 +385,7 @@ class SqlJournal(ABC):
                         " finished actions are kept",
                         {"previous_owner": previous},
                     )
-            return [_load_delivery(db, delivery_id) for _, delivery_id, _ in chosen]
+            return _load_deliveries(db, [delivery_id for _, delivery_id, _ in chosen])
 
         return await self._write(write)
 
@@ -698,52 +698,59 @@ def _action(row: Sequence[Any]) -> ActionRecord:
     )
 
 
-def _load_delivery(db: Db, delivery_id: int) -> Delivery:
-    row = db.execute(
-        f"SELECT {_SUMMARY_COLUMNS}, body, authenticated_by FROM deliveries WHERE id = ?",  # noqa: S608
-        (delivery_id,),
-    ).fetchone()
-    return _delivery(db, row)
-
-
-def _delivery(db: Db, row: Sequence[Any]) -> Delivery:
-    delivery_id = row[0]
-    decisions = tuple(
-        Decision(at=_dt(at) or datetime.now(UTC), text=text, fields=json.loads(fields))
-        for at, text, fields in db.execute(
-            "SELECT at, text, fields FROM decisions WHERE delivery_id = ? ORDER BY id", (delivery_id,)
-        ).fetchall()
-    )
-    correlations = tuple(
-        Correlation(
-            commit=r[0],
-            committed_at=_dt(r[1]),
-            subject=r[2],
-            dag_id=r[3],
-            run_id=r[4],
-            task_ids=tuple(json.loads(r[5])),
-            map_index=r[6],
-            instance=r[7],
-            verdict=r[8],
+def _load_deliveries(db: Db, delivery_ids: Sequence[int]) -> builtins.list[Delivery]:
+    """The deliveries with these ids (those that exist, in the given order) in four queries,
+    whatever their number: a claim loads all it took at once."""
+    if not delivery_ids:
+        return []
+    marks = ",".join("?" for _ in delivery_ids)
+    ids = list(delivery_ids)
+    rows = db.execute(
+        f"SELECT {_SUMMARY_COLUMNS}, body, authenticated_by FROM deliveries WHERE id IN ({marks})",  # noqa: S608
+        ids,
+    ).fetchall()
+    decisions: dict[int, builtins.list[Decision]] = {i: [] for i in ids}
+    for delivery_id, at, text, fields in db.execute(
+        f"SELECT delivery_id, at, text, fields FROM decisions WHERE delivery_id IN ({marks}) ORDER BY id",  # noqa: S608
+        ids,
+    ).fetchall():
+        decisions[delivery_id].append(
+            Decision(at=_dt(at) or datetime.now(UTC), text=text, fields=json.loads(fields))
         )
-        for r in db.execute(
-            "SELECT commit_sha, committed_at, subject, dag_id, run_id, task_ids, map_index, instance, verdict"
-            " FROM correlations WHERE delivery_id = ? ORDER BY position",
-            (delivery_id,),
-        ).fetchall()
-    )
-    actions = tuple(
-        _action(r)
-        for r in db.execute(
-            f"SELECT {_ACTION_COLUMNS} FROM actions WHERE delivery_id = ? ORDER BY id",  # noqa: S608
-            (delivery_id,),
-        ).fetchall()
-    )
-    return Delivery(
-        **_summary_fields(row),
-        body=bytes(row[18]),
-        authenticated_by=row[19],
-        decisions=decisions,
-        correlations=correlations,
-        actions=actions,
-    )
+    correlations: dict[int, builtins.list[Correlation]] = {i: [] for i in ids}
+    for r in db.execute(
+        f"SELECT {_CORRELATION_COLUMNS} FROM correlations"  # noqa: S608
+        f" WHERE delivery_id IN ({marks}) ORDER BY delivery_id, position",
+        ids,
+    ).fetchall():
+        correlations[r[0]].append(
+            Correlation(
+                commit=r[1],
+                committed_at=_dt(r[2]),
+                subject=r[3],
+                dag_id=r[4],
+                run_id=r[5],
+                task_ids=tuple(json.loads(r[6])),
+                map_index=r[7],
+                instance=r[8],
+                verdict=r[9],
+            )
+        )
+    actions: dict[int, builtins.list[ActionRecord]] = {i: [] for i in ids}
+    for r in db.execute(
+        f"SELECT {_ACTION_COLUMNS} FROM actions WHERE delivery_id IN ({marks}) ORDER BY id",  # noqa: S608
+        ids,
+    ).fetchall():
+        actions[r[1]].append(_action(r))
+    found = {
+        row[0]: Delivery(
+            **_summary_fields(row),
+            body=bytes(row[18]),
+            authenticated_by=row[19],
+            decisions=tuple(decisions[row[0]]),
+            correlations=tuple(correlations[row[0]]),
+            actions=tuple(actions[row[0]]),
+        )
+        for row in rows
+    }
+    return [found[i] for i in ids if i in found]
