@@ -196,6 +196,11 @@ class SqlJournal(ABC):
     def _lock_objects_of(self, db: Db, delivery_ids: Sequence[int]) -> None:  # noqa: B027 - optional hook
         """`_lock_objects` for the objects of these deliveries (PostgreSQL)."""
 
+    def _settle(self, db: Db, *, failed: bool = False) -> None:  # noqa: B027 - optional hook
+        """Wait for the statements `db` has sent but not yet heard back about, and raise their
+        error (PostgreSQL pipeline mode), so a write's error is its own; after a `failed` write,
+        only clear the way for the rollback."""
+
     def _announce_work(self, db: Db) -> None:  # noqa: B027 - optional hook
         """Tell other replicas, on commit, that new work is due (PostgreSQL NOTIFY)."""
 
@@ -252,8 +257,11 @@ class SqlJournal(ABC):
         for job in jobs:
             db.execute("SAVEPOINT job")
             try:
-                outcomes.append(perform(db, job))
+                outcome = perform(db, job)
+                self._settle(db)
+                outcomes.append(outcome)
             except Exception as error:
+                self._settle(db, failed=True)
                 db.execute("ROLLBACK TO SAVEPOINT job")
                 if isinstance(error, (*self.database_errors, UnicodeError)):  # the driver refused a value
                     log.warning("journal.write_refused", error=f"{type(error).__name__}: {error}")
@@ -410,17 +418,18 @@ class SqlJournal(ABC):
         decision: str | None = None,
     ) -> None:
         def write(db: Db) -> None:
+            # The delivery, and its head row if it is one (locked): one round trip.
             current = db.execute(
-                "SELECT state, kind, namespace, name FROM deliveries WHERE id = ?", (delivery_id,)
+                "SELECT d.state, d.kind, d.namespace, d.name, h.delivery_id IS NOT NULL, h.owner"  # noqa: S608
+                " FROM deliveries AS d LEFT JOIN (SELECT delivery_id, owner FROM object_heads"
+                f" WHERE delivery_id = ?{self.row_lock}) AS h ON TRUE WHERE d.id = ?",
+                (delivery_id, delivery_id),
             ).fetchone()
             if current is None:
                 return
-            head = db.execute(
-                f"SELECT owner FROM object_heads WHERE delivery_id = ?{self.row_lock}",  # noqa: S608
-                (delivery_id,),
-            ).fetchone()
-            taken_over = head is not None and head[0] not in (None, self.owner)
-            finished_elsewhere = head is None and current[0] in FINAL_STATES
+            is_head, owner = bool(current[4]), current[5]
+            taken_over = is_head and owner not in (None, self.owner)
+            finished_elsewhere = not is_head and current[0] in FINAL_STATES
             if taken_over or finished_elsewhere:
                 # Another replica took this delivery over after our claim went stale: its word counts.
                 log.warning("journal.claim_lost", delivery_id=delivery_id, state=state.value)
@@ -431,10 +440,10 @@ class SqlJournal(ABC):
                 " updated_at = ? WHERE id = ?",
                 (state.value, due, error, _now(), delivery_id),
             )
-            if state in PENDING_STATES and head is not None:
+            if state in PENDING_STATES and is_head:
                 db.execute(_RELEASE_HEADS + " WHERE delivery_id = ?", (due or _now(), delivery_id))
             elif state in FINAL_STATES:
-                self._move_head(db, delivery_id, *current[1:])
+                self._move_head(db, delivery_id, *current[1:4])
             if decision is not None:
                 _insert_decision(db, delivery_id, decision, {})
 

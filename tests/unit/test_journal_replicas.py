@@ -17,7 +17,7 @@ import pytest
 
 from receiver.journal import ActionState, DeliveryState, JournalUnavailable, NewDelivery
 from receiver.journal.postgres import LEADER_LOCK, PostgresJournal
-from receiver.journal.sql import RESTART_NOTE
+from receiver.journal.sql import RESTART_NOTE, Db
 from receiver.journal.sqlite import SqliteJournal
 from receiver.secrets import FileSecret
 from tests.conftest import PostgresDatabase
@@ -244,6 +244,43 @@ async def test_a_batch_of_the_workers_writes_that_cannot_commit_fails_every_writ
         assert stored is not None and stored.state is DeliveryState.RESOLVING and stored.decisions == ()
     await asyncio.gather(*(journal.set_state(i, DeliveryState.DONE) for i in ids))  # a new connection serves
     assert (await journal.depth())[DeliveryState.DONE] == 8
+
+
+async def test_a_write_the_server_refuses_fails_alone_even_when_its_answer_is_never_read(
+    replicas: Callable[..., PostgresJournal],
+) -> None:
+    """The worker's batches are pipelined: a statement's error may only arrive after the write
+    sent more; it must still fail that write alone, undo all of it, and leave the others be."""
+    journal = replicas()
+    await journal.open()
+    ids = [
+        (await journal.append(new_delivery(f"{i}".encode(), name=f"o{i}", dedupe=f"{i}"))).id
+        for i in range(6)
+    ]
+
+    def refused(db: Db) -> None:
+        db.execute("UPDATE deliveries SET last_error = 'half' WHERE id = ?", (ids[0],))
+        db.execute(
+            "INSERT INTO decisions (delivery_id, at, text, fields) VALUES (?, 0, NULL, '{}')", (ids[0],)
+        )
+        db.execute("UPDATE deliveries SET last_error = 'all' WHERE id = ?", (ids[0],))
+
+    outcomes = await asyncio.gather(
+        *(journal.add_decision(i, "before") for i in ids[:3]),
+        journal._write(refused),
+        *(journal.add_decision(i, "after") for i in ids[3:]),
+        journal.begin_action(ids[1], "mark:1", "mark_task", {}),
+        journal.begin_action(ids[1], "mark:1", "mark_task", {}),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[3], JournalUnavailable)
+    assert [o for i, o in enumerate(outcomes[:7]) if i != 3] == [None] * 6
+    assert [created for _, created in outcomes[7:]] == [True, False]  # type: ignore[misc]
+    untouched = await journal.get(ids[0])
+    assert untouched is not None and untouched.last_error is None
+    assert [d.text for d in untouched.decisions] == ["before"]
+    later = await journal.get(ids[5])
+    assert later is not None and [d.text for d in later.decisions] == ["after"]
 
 
 async def test_replicas_draining_while_events_arrive_keep_order_fence_and_never_deadlock(
