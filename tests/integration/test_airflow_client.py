@@ -27,6 +27,7 @@ pytestmark = pytest.mark.integration
 
 WAIT_DAG = "fluxback_wait"
 WAIT_TASK = "wait_for_deploy"
+MAPPED_DAG = "fluxback_wait_mapped"
 POST_DEPLOY = "post_deploy"
 CONSUMER = "fluxback_asset_consumer"
 APPS = "flux://test/Kustomization/flux-system/apps"
@@ -195,6 +196,26 @@ async def test_success_resolves_a_deferred_wait(live: AirflowServer, client: Air
     assert await client.set_task_instance_state(WAIT_DAG, run_id, WAIT_TASK, None, "success", note) is False
     done = await client.get_task_instance(WAIT_DAG, run_id, WAIT_TASK, None)
     assert (done.state, done.note) == ("success", note)
+
+
+async def test_a_plain_task_is_read_with_one_get_and_a_mapped_one_listed(
+    live: AirflowServer, client: AirflowClient, calls: Calls
+) -> None:
+    live.wait_for_dags(MAPPED_DAG)
+    plain, mapped = new_run_id("deploy"), new_run_id("deploy")
+    live.trigger(WAIT_DAG, plain)
+    live.trigger(MAPPED_DAG, mapped)
+    await live.wait_for_ti_state(WAIT_DAG, plain, WAIT_TASK, {"deferred"})
+    for index in (0, 1):
+        await live.wait_for_ti_state(MAPPED_DAG, mapped, f"{WAIT_TASK}[{index}]", {"deferred"}, within=90)
+
+    [one] = await client.task_instances(WAIT_DAG, plain, WAIT_TASK)
+    assert (one.map_index, one.state) == (-1, "deferred")
+    assert [call[1:] for call in calls if call[1] != "token"] == [("get_task_instance", "200")]
+    calls.clear()
+    listed = await client.task_instances(MAPPED_DAG, mapped, WAIT_TASK)
+    assert sorted((ti.map_index, ti.state) for ti in listed) == [(0, "deferred"), (1, "deferred")]
+    assert calls == [("test", "get_task_instance", "404"), ("test", "list_task_instances", "200")]
 
 
 async def test_failed_runs_the_rollback_and_truncates_the_note(
