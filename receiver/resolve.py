@@ -9,6 +9,7 @@ nothing (`finished`), only rules (no `commit`), or rules and the authoring runs.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,10 +89,13 @@ class Resolver:
         basis = _basis_text(applied.basis, state.last_applied, sha, len(applied.commits), path)
         if applied.truncated:
             basis += f"; the range was longer: only the newest {len(applied.commits)} commits were read"
-        await self._journal.add_decision(delivery.id, basis)
         unsigned = await _unsigned(mirror, applied.commits)
         correlated = correlate(applied.commits, facts, self._policy, self._default_instance, unsigned)
-        await self._journal.set_correlations(delivery.id, correlated.records)
+        # Submitted together, the two records share one journal commit where the backend batches.
+        await asyncio.gather(
+            self._journal.add_decision(delivery.id, basis),
+            self._journal.set_correlations(delivery.id, correlated.records),
+        )
         return Resolution(
             commit=sha, commits=applied.commits, runs=correlated.runs, refused=correlated.refused
         )
