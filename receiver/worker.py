@@ -114,6 +114,7 @@ class Worker:
         with structlog.contextvars.bound_contextvars(
             delivery_id=delivery.id, object=delivery.object_key, revision=delivery.revision
         ):
+            log.debug("delivery.claimed", attempts=delivery.attempts)
             try:
                 await self._settle(delivery)
             except JournalUnavailable as error:
