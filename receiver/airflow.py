@@ -7,7 +7,9 @@ server newer than the client (a new task state) would fail to deserialize. Here
 HTTP is natively async and responses are read leniently as JSON. Request *bodies*
 are still built with the client's pydantic models (`PatchTaskInstanceBody`,
 `TriggerDAGRunPostBody`, `CreateAssetEventsBody`), so a body the server would
-refuse with 422 fails here, before it is sent.
+refuse with 422 fails here, before it is sent. The client package is imported when
+the first body is built: it loads every generated API and model (about 45 MB), which a
+service that never acts on Airflow should not carry.
 
 Errors are classified for the worker, which owns retries and backoff:
 `TemporaryAirflowError` (unreachable, timeout, 429, 5xx) is a `TemporaryError` worth
@@ -32,12 +34,6 @@ from urllib.parse import quote
 import aiohttp
 import structlog
 import yarl
-from airflow_client.client import (
-    CreateAssetEventsBody,
-    PatchTaskInstanceBody,
-    TaskInstanceState,
-    TriggerDAGRunPostBody,
-)
 
 from receiver.config import AirflowConfig, AirflowInstance
 from receiver.errors import PermanentError, TemporaryError
@@ -213,6 +209,8 @@ class AirflowClient:
         was in `new_state` (Airflow's 409), so a replay is harmless. Airflow does change a task
         instance from another terminal state, so the caller checks the state first.
         """
+        from airflow_client.client import PatchTaskInstanceBody, TaskInstanceState  # late: see the docstring
+
         body = PatchTaskInstanceBody(
             new_state=TaskInstanceState(new_state),
             note=_truncate(note),
@@ -276,6 +274,8 @@ class AirflowClient:
 
         A deterministic `dag_run_id` is the idempotency key: replaying the action is a 409.
         """
+        from airflow_client.client import TriggerDAGRunPostBody  # late: see the docstring
+
         body = TriggerDAGRunPostBody(
             dag_run_id=dag_run_id,
             conf=dict(conf),
@@ -342,6 +342,8 @@ class AirflowClient:
 
         Not idempotent: after an error or a crash, `find_asset_event` tells whether it was created.
         """
+        from airflow_client.client import CreateAssetEventsBody  # late: see the docstring
+
         body = CreateAssetEventsBody(asset_id=asset_id, extra=dict(extra))
         response = await self._api(
             "POST",

@@ -24,7 +24,6 @@ from receiver.app import Background
 from receiver.config import Config
 from receiver.git import Mirrors, ObjectLocator
 from receiver.journal import Journal, while_leading
-from receiver.kube import Cluster, KubernetesEvents
 from receiver.metrics import Metrics
 from receiver.pipeline import Observer, Pipeline
 from receiver.readiness import ReadinessChecks
@@ -125,6 +124,10 @@ def background_services(
     )
     if not config.kubernetes.enabled:
         return [worker_service(config, journal, metrics), retention]
+    # Imported here: the Kubernetes client's models take about 45 MB that a service without
+    # Kubernetes should not carry.
+    from receiver.kube import Cluster, KubernetesEvents
+
     cluster = Cluster(config.kubernetes, journal, metrics, is_leader=lambda: leadership.is_leader)
     readiness.add(cluster.problems)
     events = [KubernetesEvents(cluster.recorder)] if cluster.recorder is not None else []
