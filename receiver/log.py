@@ -10,6 +10,7 @@ never include local variables.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -30,6 +31,7 @@ _NOT_SECRET = frozenset({"object_key", "dedupe_key", "action_key", "idempotency_
 """Our own identifiers that contain `key` but are not keys."""
 
 
+@functools.lru_cache(maxsize=1024)  # field names repeat on every line; the check splits each one
 def _looks_secret(name: str) -> bool:
     lowered = name.lower()
     if lowered in _NOT_SECRET:
