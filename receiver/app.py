@@ -22,6 +22,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from prometheus_client import Histogram
 
 from receiver.auth import AdminAuth, WebhookAuth
 from receiver.config import Config, startup_problems
@@ -60,6 +61,9 @@ class StartupError(Exception):
 def _error_middleware(metrics: Metrics) -> Middleware:
     """JSON bodies for every error (404, 405, unexpected exceptions) and the request duration metric."""
 
+    durations: dict[tuple[str, str], Histogram] = {}
+    """Per (route, status class): labels() takes a lock and checks its values on every call."""
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
@@ -76,9 +80,11 @@ def _error_middleware(metrics: Metrics) -> Middleware:
         matched = request.match_info.route
         resource = None if matched.name == UNMATCHED else matched.resource
         route = resource.canonical if resource is not None else UNMATCHED
-        metrics.http_request_duration.labels(route, f"{response.status // 100}xx").observe(
-            time.perf_counter() - started
-        )
+        labels = (route, f"{response.status // 100}xx")
+        duration = durations.get(labels)
+        if duration is None:
+            duration = durations[labels] = metrics.http_request_duration.labels(*labels)
+        duration.observe(time.perf_counter() - started)
         return response
 
     return middleware

@@ -144,8 +144,7 @@ class HmacKeys:
         found = False
         for value in values:
             for key in hmac_key_variants(value):
-                expected = hmac.new(key, body, digest_type).digest()
-                found |= hmac.compare_digest(expected, presented)
+                found |= hmac.compare_digest(hmac.digest(key, body, digest_type), presented)
         return found
 
 

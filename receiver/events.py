@@ -99,6 +99,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+"""Built once: `json.loads` with any option builds a new decoder (and its scanner) per call."""
+
+
 def _text(value: str, path: str) -> str:
     """`value`, if it is text: JSON's `\\ud800` escapes can produce lone surrogates, which no
     encoder (UTF-8, SQLite, PostgreSQL) accepts, so they are the sender's error, not ours."""
@@ -172,7 +176,7 @@ def parse_event(body: bytes) -> FluxEvent:
         EventInvalid: naming the first field that is wrong (`body` when it is not a JSON object).
     """
     try:
-        raw = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        raw = _DECODER.decode(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise EventInvalid("body", "is not UTF-8") from None
     except (ValueError, RecursionError):

@@ -84,7 +84,7 @@ class EventIngest:
             )
             result = await self._append(delivery)
         except _Refusal as refusal:
-            self.metrics.events_received.labels(refusal.result.value).inc()
+            self.metrics.events_by_result[refusal.result].inc()
             log.info(
                 "event.refused",
                 status=refusal.status,
@@ -95,7 +95,7 @@ class EventIngest:
             )
             return refusal.response()
         accepted = IngestResult.DUPLICATE if result.duplicate else IngestResult.ACCEPTED
-        self.metrics.events_received.labels(accepted.value).inc()
+        self.metrics.events_by_result[accepted].inc()
         log.info(
             "event.accepted",
             status=202,
@@ -114,11 +114,8 @@ class EventIngest:
         return web.json_response({"id": result.id, "duplicate": result.duplicate}, status=202)
 
     def _check_headers(self, request: web.Request) -> None:
-        limit = self.config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise _Refusal(
-                IngestResult.TOO_LARGE, 413, "body too large", f"the limit is {limit} bytes (max_body_bytes)"
-            )
+        if request.content_length is not None and request.content_length > self.config.max_body_bytes:
+            raise self._too_large()
         if request.headers.get("Content-Encoding", "identity").lower() != "identity":
             raise _Refusal(
                 IngestResult.UNSUPPORTED_MEDIA_TYPE,
@@ -134,22 +131,31 @@ class EventIngest:
                 f"Content-Type must be {JSON_TYPE}",
             )
 
+    def _too_large(self) -> _Refusal:
+        limit = self.config.max_body_bytes
+        return _Refusal(
+            IngestResult.TOO_LARGE, 413, "body too large", f"the limit is {limit} bytes (max_body_bytes)"
+        )
+
     async def _read_body(self, request: web.Request) -> bytes:
         """The body, read in chunks: never more than the limit in memory, never longer than the timeout."""
         limit = self.config.max_body_bytes
+        content = request.content
         chunks: list[bytes] = []
         size = 0
         try:
+            if content.is_eof():
+                # The whole body came with the headers, as a Flux event's usually does: there is
+                # nothing to wait for, so no timer to set.
+                body = content.read_nowait()
+                if len(body) > limit:
+                    raise self._too_large()
+                return body
             async with asyncio.timeout(self.config.read_timeout_seconds):
-                async for chunk in request.content.iter_any():
+                async for chunk in content.iter_any():
                     size += len(chunk)
                     if size > limit:
-                        raise _Refusal(
-                            IngestResult.TOO_LARGE,
-                            413,
-                            "body too large",
-                            f"the limit is {limit} bytes (max_body_bytes)",
-                        )
+                        raise self._too_large()
                     chunks.append(chunk)
         except web.RequestPayloadError:  # aiohttp's parser: broken chunked encoding, short body
             raise _Refusal(

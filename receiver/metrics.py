@@ -60,8 +60,8 @@ class Metrics:
             ["result"],
             registry=r,
         )
-        for result in IngestResult:  # every series exists from the start, so rate() sees the first one
-            self.events_received.labels(result.value)
+        # Every series exists from the start, so rate() sees the first one; ingest counts on these.
+        self.events_by_result = {result: self.events_received.labels(result.value) for result in IngestResult}
         self.http_request_duration = Histogram(
             "fluxback_http_request_duration_seconds",
             "HTTP request handling time by route template and status class (2xx, 4xx, ...).",
