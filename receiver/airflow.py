@@ -25,8 +25,9 @@ import base64
 import json
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 from urllib.parse import quote
@@ -51,6 +52,8 @@ MAX_MAP_INDEXES = 1000
 
 _REFRESH_MARGIN_SECONDS = 60.0
 _PAGE_SIZE = 100
+ASSET_EVENT_CLOCK_SKEW = timedelta(hours=1)
+"""How far apart Fluxback's and Airflow's clocks may be when looking an asset event up."""
 _DETAIL_MAX_CHARS = 300
 _INVALID_JWT_DETAIL = "Invalid JWT token"
 _ROLE_HINT = (
@@ -306,32 +309,14 @@ class AirflowClient:
         """
         if uri in self._asset_ids:
             return self._asset_ids[uri]
-        params: dict[str, str] = {"limit": str(_PAGE_SIZE), "order_by": "id"}
+        params = {"order_by": "id"}
         term = _literal_term(uri)
         if term:
             params["uri_pattern"] = term
-        offset = 0
-        while True:
-            params["offset"] = str(offset)
-            response = await self._api(
-                "GET", "/assets", "get_assets", params=params, what=f"find asset {uri}"
-            )
-            page = _json_object(response, "assets")
-            assets = page.get("assets")
-            if not isinstance(assets, list):
-                raise PermanentAirflowError(f"Airflow {response.status}: the answer has no assets list")
-            for asset in assets:
-                if (
-                    isinstance(asset, Mapping)
-                    and asset.get("uri") == uri
-                    and isinstance(asset.get("id"), int)
-                ):
-                    self._asset_ids[uri] = asset["id"]
-                    return self._asset_ids[uri]
-            offset += len(assets)
-            total = page.get("total_entries")
-            if not assets or not isinstance(total, int) or offset >= total:
-                break
+        async for asset in self._listed("/assets", "get_assets", "assets", params, f"find asset {uri}"):
+            if asset.get("uri") == uri and isinstance(asset.get("id"), int):
+                self._asset_ids[uri] = asset["id"]
+                return self._asset_ids[uri]
         raise PermanentAirflowError(
             f"Airflow has no active asset with URI {uri}: no DAG references that asset URI"
             " (assets exist only while a parsed DAG schedules on or produces them)"
@@ -358,27 +343,21 @@ class AirflowClient:
         return event_id
 
     async def find_asset_event(
-        self, asset_id: int, extra_key: str, extra_value: str, limit: int = 100
+        self, asset_id: int, extra_key: str, extra_value: str, since: datetime
     ) -> int | None:
-        """The id of one of the asset's `limit` most recent events with `extra[extra_key] == extra_value`."""
-        response = await self._api(
-            "GET",
-            "/assets/events",
-            "get_asset_events",
-            params={"asset_id": str(asset_id), "order_by": "-timestamp", "limit": str(limit)},
-            what=f"list events of asset {asset_id}",
-        )
-        events = _json_object(response, "asset events").get("asset_events")
-        for event in events if isinstance(events, list) else []:
-            if not isinstance(event, Mapping):
-                continue
-            extra = event.get("extra")
-            event_id = event.get("id")
-            if (
-                isinstance(extra, Mapping)
-                and extra.get(extra_key) == extra_value
-                and isinstance(event_id, int)
-            ):
+        """The id of an event of the asset since `since` with `extra[extra_key] == extra_value`.
+
+        Every page is read, oldest first (so events added meanwhile cannot shift one out of
+        view), and `since` is widened by `ASSET_EVENT_CLOCK_SKEW` because Airflow stamps
+        events with its own clock.
+        """
+        after = (since - ASSET_EVENT_CLOCK_SKEW).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        params = {"asset_id": str(asset_id), "order_by": "timestamp", "timestamp_gte": after}
+        what = f"list events of asset {asset_id}"
+        async for event in self._listed("/assets/events", "get_asset_events", "asset_events", params, what):
+            extra, event_id = event.get("extra"), event.get("id")
+            found = isinstance(extra, Mapping) and extra.get(extra_key) == extra_value
+            if found and isinstance(event_id, int):
                 return event_id
         return None
 
@@ -398,6 +377,26 @@ class AirflowClient:
         )
 
     # -- plumbing ---------------------------------------------------------------------------------
+
+    async def _listed(
+        self, path: str, label: str, field: str, params: Mapping[str, str], what: str
+    ) -> AsyncIterator[Mapping[str, Any]]:
+        """The objects of a paged list endpoint, page by page, until `total_entries` are read."""
+        offset = 0
+        while True:
+            query = {**params, "limit": str(_PAGE_SIZE), "offset": str(offset)}
+            response = await self._api("GET", path, label, params=query, what=what)
+            page = _json_object(response, field)
+            items = page.get(field)
+            if not isinstance(items, list):
+                raise PermanentAirflowError(f"Airflow {response.status}: the answer has no {field} list")
+            for item in items:
+                if isinstance(item, Mapping):
+                    yield item
+            offset += len(items)
+            total = page.get("total_entries")
+            if not items or not isinstance(total, int) or offset >= total:
+                return
 
     async def _api(
         self,

@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,10 @@ POST_DEPLOY = "post_deploy"
 CONSUMER = "fluxback_asset_consumer"
 APPS = "flux://test/Kustomization/flux-system/apps"
 APPS_SMOKE = "flux://test/Kustomization/flux-system/apps-smoke"
+QUIET_DAG = "fluxback_replica_assets"
+QUIET = "flux://test/Kustomization/flux-system/replica-quiet"
+"""Nothing schedules on it (tests/integration/dags/fluxback_replica_assets.py): its events start no runs."""
+SINCE = datetime.now(UTC)
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +98,8 @@ async def test_mints_one_token_and_reuses_it(
     assert await client.health() is True  # needs no token
     calls.clear()
     asset_id = await client.asset_id(APPS)
-    assert await client.find_asset_event(asset_id, "nobody", "nothing") is None
-    assert await client.find_asset_event(asset_id, "nobody", "nothing") is None
+    assert await client.find_asset_event(asset_id, "nobody", "nothing", SINCE) is None
+    assert await client.find_asset_event(asset_id, "nobody", "nothing", SINCE) is None
     assert calls == [
         ("test", "token", "201"),
         ("test", "get_assets", "200"),
@@ -306,6 +311,22 @@ async def test_asset_lookup_is_exact_and_cached(client: AirflowClient, calls: Ca
             await client.asset_id(unknown)
 
 
+async def test_an_asset_event_is_found_behind_more_than_a_page_of_newer_ones(
+    live: AirflowServer, client: AirflowClient
+) -> None:
+    live.wait_for_dags(QUIET_DAG)
+    asset_id = await client.asset_id(QUIET)
+    before = datetime.now(UTC)
+    key = uuid.uuid4().hex
+    event_id = await client.create_asset_event(asset_id, {"fluxback_action": key})
+    for index in range(120):  # more than one page (100) of newer events
+        await client.create_asset_event(asset_id, {"fluxback_action": f"{key}-{index}"})
+
+    assert await client.find_asset_event(asset_id, "fluxback_action", key, before) == event_id
+    assert await client.find_asset_event(asset_id, "fluxback_action", f"{key}-119", before) is not None
+    assert await client.find_asset_event(asset_id, "fluxback_action", f"{key}-120", before) is None
+
+
 async def test_asset_event_reaches_the_consumer_and_can_be_found(
     live: AirflowServer, client: AirflowClient
 ) -> None:
@@ -315,8 +336,8 @@ async def test_asset_event_reaches_the_consumer_and_can_be_found(
 
     event_id = await client.create_asset_event(asset_id, extra)
 
-    assert await client.find_asset_event(asset_id, "fluxback_delivery", delivery) == event_id
-    assert await client.find_asset_event(asset_id, "fluxback_delivery", "another delivery") is None
+    assert await client.find_asset_event(asset_id, "fluxback_delivery", delivery, SINCE) == event_id
+    assert await client.find_asset_event(asset_id, "fluxback_delivery", "another delivery", SINCE) is None
     assert live.asset_events(asset_id)[0]["id"] == event_id
 
     def consumer_saw_it() -> tuple[bool, list[Any]]:

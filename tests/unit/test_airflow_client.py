@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from email.utils import formatdate
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from receiver.config import AirflowConfig
 from tests.helpers import Calls, free_port, login_instance, recorder, token_instance
 
 POST_DEPLOY = "post_deploy"
+SINCE = datetime(2026, 12, 1, tzinfo=UTC)
 
 
 async def test_connection_refused_is_temporary(tmp_path: Path) -> None:
@@ -86,7 +88,7 @@ async def test_429_and_5xx_are_temporary_with_retry_after(
     raised = []
     for _ in range(3):
         with pytest.raises(TemporaryAirflowError) as error:
-            await fake_client.find_asset_event(1, "k", "v")
+            await fake_client.find_asset_event(1, "k", "v", SINCE)
         raised.append(error.value)
 
     assert (raised[0].status, raised[0].retry_after) == (429, 7.0)
@@ -119,7 +121,7 @@ async def test_timeout_is_temporary(
 ) -> None:
     fake_airflow[1].append(None)
     with pytest.raises(TemporaryAirflowError, match=r"did not answer within 0\.5 s") as raised:
-        await fake_client.find_asset_event(1, "k", "v")
+        await fake_client.find_asset_event(1, "k", "v", SINCE)
     assert raised.value.status is None
 
 

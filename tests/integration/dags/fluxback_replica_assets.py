@@ -1,6 +1,7 @@
 """Makes the object assets of the two-replica test exist: Airflow keeps an asset only while a parsed
 DAG references it. Nothing schedules on them, so their events start no runs and a duplicate event
-shows up only as a second event in the asset's list."""
+shows up only as a second event in the asset's list. `replica-quiet` is for tests that post many
+events to one asset (tests/integration/test_airflow_client.py)."""
 
 from __future__ import annotations
 
@@ -26,5 +27,6 @@ with DAG(
         outlets=[
             Asset(flux_object_uri("test", "Kustomization", "flux-system", f"replica-{index:02d}"))
             for index in range(OBJECTS)
-        ],
+        ]
+        + [Asset(flux_object_uri("test", "Kustomization", "flux-system", "replica-quiet"))],
     )
