@@ -28,6 +28,7 @@ to its own task rather than make the delivery wait.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -94,15 +95,21 @@ class Pipeline:
         resolution = await self._resolver.resolve(delivery, facts)
         if resolution.finished is not None:
             return
-        await self._journal.set_state(delivery.id, DeliveryState.ACTING)
-        for correlation in resolution.refused:
-            for observer in self._observers:
-                with _best_effort(observer):
-                    await observer.refused(delivery, correlation)
-        plan = plan_actions(delivery, facts, resolution, self._config)
-        for problem in plan.problems:
-            await self._journal.add_decision(delivery.id, problem)
-        await self._perform(delivery, plan.actions)
+        # `acting` only informs; it is not awaited before the first journal write of the steps
+        # below (a decision, or the action record that must be durable before Airflow is
+        # called), so the two share one commit. It is durable before the outcome is written.
+        acting = asyncio.create_task(self._journal.set_state(delivery.id, DeliveryState.ACTING))
+        try:
+            for correlation in resolution.refused:
+                for observer in self._observers:
+                    with _best_effort(observer):
+                        await observer.refused(delivery, correlation)
+            plan = plan_actions(delivery, facts, resolution, self._config)
+            for problem in plan.problems:
+                await self._journal.add_decision(delivery.id, problem)
+            await self._perform(delivery, plan.actions)
+        finally:
+            await acting
         await self._record(delivery, resolution, event.timestamp)
 
     async def dead(self, delivery: Delivery, reason: str) -> None:

@@ -371,6 +371,48 @@ async def test_observers_are_told_each_action_and_refusal_and_cannot_fail_a_deli
     assert [e["observer"] for e in failures] == ["BrokenObserver", "BrokenObserver"]
 
 
+@dataclass
+class StateAtAction:
+    """Writes down the delivery's state in the journal each time an action has been performed."""
+
+    journal: Journal
+    states: list[str] = field(default_factory=list)
+
+    async def performed(self, delivery: Delivery, action: Action, result: Performed) -> None:
+        found = await self.journal.get(delivery.id)
+        self.states.append("missing" if found is None else found.state.value)
+
+    async def refused(self, delivery: Delivery, correlation: Correlation) -> None:
+        pass
+
+    async def dead(self, delivery: Delivery, reason: str) -> None:
+        pass
+
+
+async def test_a_delivery_is_acting_while_its_actions_run_and_its_outcome_comes_after(
+    tmp_path: Path, journal: SqliteJournal
+) -> None:
+    repo = GitOpsRepo(tmp_path / "git")
+    base = repo.commit({"apps/a.yaml": "a: 1\n"}, "base")
+    config = worker_config(tmp_path, repo)
+    metrics = Metrics()
+    observer = StateAtAction(journal)
+    async with running(
+        config, journal, metrics=metrics, background=[fast_worker(config, journal, metrics, [observer])]
+    ) as service:
+        first = await post(service, base)
+        await until_state(service, first, "done")
+        # Done by an earlier delivery: the action is found done without calling Airflow (down here).
+        key = "mark:default:deploy:r1:wait:all"
+        await journal.begin_action(first, key, "mark_task", {"dag_id": "deploy"})
+        await journal.finish_action(key, ActionState.DONE, "task wait of deploy run r1: marked success")
+        trailers = {"Airflow-Dag-Id": "deploy", "Airflow-Run-Id": "r1", "Airflow-Task-Id": "wait"}
+        deploy = await post(service, repo.commit({"apps/a.yaml": "a: 2\n"}, "deploy", trailers))
+        await until_state(service, deploy, "done")
+
+    assert observer.states == ["acting"]
+
+
 class RepositoryGone(Resolver):
     """A resolver that finds the delivery can never be resolved."""
 
