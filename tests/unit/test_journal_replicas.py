@@ -268,14 +268,16 @@ async def test_a_write_the_server_refuses_fails_alone_even_when_its_answer_is_ne
     outcomes = await asyncio.gather(
         *(journal.add_decision(i, "before") for i in ids[:3]),
         journal._write(refused),
+        journal._write(lambda db: db.execute("SELECT 1").fetchone()),  # reads right after it
         *(journal.add_decision(i, "after") for i in ids[3:]),
         journal.begin_action(ids[1], "mark:1", "mark_task", {}),
         journal.begin_action(ids[1], "mark:1", "mark_task", {}),
         return_exceptions=True,
     )
     assert isinstance(outcomes[3], JournalUnavailable)
-    assert [o for i, o in enumerate(outcomes[:7]) if i != 3] == [None] * 6
-    assert [created for _, created in outcomes[7:]] == [True, False]  # type: ignore[misc]
+    assert outcomes[4] == (1,)
+    assert [o for i, o in enumerate(outcomes[:8]) if i not in (3, 4)] == [None] * 6
+    assert [created for _, created in outcomes[8:]] == [True, False]  # type: ignore[misc]
     untouched = await journal.get(ids[0])
     assert untouched is not None and untouched.last_error is None
     assert [d.text for d in untouched.decisions] == ["before"]
