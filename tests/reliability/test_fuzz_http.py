@@ -67,7 +67,7 @@ EXTRA_COUNT = st.integers(0, 3)
 EXTRA_NAMES = st.sampled_from([b"X-Extra", b"Gotk-Component", b"Content-Encoding", b"Expect"]) | header_bytes
 EXTRA_VALUES = header_bytes | st.sampled_from([b"gzip", b"identity", b"100-continue", b"x" * 9000])
 FRAMINGS = st.sampled_from(["length"] * 6 + ["chunked", "broken-chunked", "none", "short", "long", "bad"])
-BAD_LENGTHS = st.sampled_from([b"-1", b"1e3", b"0x10", b" 12", b"99999999999999999999"])
+BAD_LENGTHS = st.sampled_from([b"-1", b"1e3", b"0x10", b"1 2", b"99999999999999999999"])
 
 
 @st.composite
