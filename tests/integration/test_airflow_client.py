@@ -114,7 +114,7 @@ async def test_expired_token_is_reminted_once(
     expired = expired_jwt(live.jwt_secret)
     assert live.request("GET", "/api/v2/assets", token=expired) == (401, {"detail": "Token Expired"})
     # Pretend the client believes the token is still good (clock skew): only the 401 tells it.
-    client._token, client._refresh_at = expired, time.time() + 3600
+    client._tokens._token, client._tokens._refresh_at = expired, time.time() + 3600
 
     assert await client.asset_id(APPS) > 0
 
@@ -124,7 +124,7 @@ async def test_expired_token_is_reminted_once(
 async def test_token_past_its_exp_is_reminted_before_use(
     live: AirflowServer, client: AirflowClient, calls: Calls
 ) -> None:
-    client._token, client._refresh_at = expired_jwt(live.jwt_secret), 0.0
+    client._tokens._token, client._tokens._refresh_at = expired_jwt(live.jwt_secret), 0.0
 
     await client.asset_id(APPS)
 
@@ -134,7 +134,10 @@ async def test_token_past_its_exp_is_reminted_before_use(
 async def test_token_signed_with_another_secret_is_reminted(
     live: AirflowServer, client: AirflowClient, calls: Calls
 ) -> None:
-    client._token, client._refresh_at = expired_jwt("a secret Airflow no longer uses"), time.time() + 3600
+    client._tokens._token, client._tokens._refresh_at = (
+        expired_jwt("a secret Airflow no longer uses"),
+        time.time() + 3600,
+    )
 
     await client.asset_id(APPS)
 
