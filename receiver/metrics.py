@@ -49,11 +49,22 @@ _LONG = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0
 
 
 class Metrics:
-    """The service's metrics on a registry of their own."""
+    """The service's metrics on a registry of their own.
+
+    They are declared by concern in the `_declare_*` methods, as plain attributes, so callers
+    record with `metrics.<name>` whatever part of the service they belong to.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
+        self._declare_ingest(self.registry)
+        self._declare_replica(self.registry)
+        self._declare_worker(self.registry)
+        self._declare_deploys(self.registry)
+        self._declare_kubernetes(self.registry)
+
+    def _declare_ingest(self, r: CollectorRegistry) -> None:
+        """The HTTP side: what became of each event request, and the connections it came on."""
         self.events_received = Counter(
             "fluxback_events_received_total",
             "Flux event requests by what became of them.",
@@ -67,19 +78,6 @@ class Metrics:
             "HTTP request handling time by route template and status class (2xx, 4xx, ...).",
             ["route", "status_class"],
             buckets=_SHORT,
-            registry=r,
-        )
-        self.ready = Gauge(
-            "fluxback_ready",
-            "1 when the process can accept and journal an event (what /readyz says), else 0; "
-            "evaluated at scrape time.",
-            registry=r,
-        )
-        self.health_check = Gauge(
-            "fluxback_health_check",
-            "1 when a check of /healthz/details passes, else 0; `check` is the configuration key "
-            "or component (worker-side credentials included); evaluated at scrape time.",
-            ["check"],
             registry=r,
         )
         self.http_malformed = Counter(
@@ -98,10 +96,20 @@ class Metrics:
             "Idle or half-sent connections closed to stay under webhook.max_connections.",
             registry=r,
         )
-        self.journal_depth = Gauge(
-            "fluxback_journal_depth",
-            "Deliveries in the journal by state, read at scrape time.",
-            ["state"],
+
+    def _declare_replica(self, r: CollectorRegistry) -> None:
+        """The state of this replica: readiness, health, leadership, version and journal depth."""
+        self.ready = Gauge(
+            "fluxback_ready",
+            "1 when the process can accept and journal an event (what /readyz says), else 0; "
+            "evaluated at scrape time.",
+            registry=r,
+        )
+        self.health_check = Gauge(
+            "fluxback_health_check",
+            "1 when a check of /healthz/details passes, else 0; `check` is the configuration key "
+            "or component (worker-side credentials included); evaluated at scrape time.",
+            ["check"],
             registry=r,
         )
         self.leader = Gauge(
@@ -109,19 +117,22 @@ class Metrics:
             "1 while this replica runs the singleton work (retention, full re-lists), else 0.",
             registry=r,
         )
-        self.actions = Counter(
-            "fluxback_actions_total",
-            "Actions on Airflow by kind (mark_task, trigger_dag, asset_event) and outcome.",
-            ["kind", "outcome"],
+        self.build_info = Gauge(
+            "fluxback_build_info",
+            "Always 1, labelled with the running version; count() of it is the number of replicas.",
+            ["version"],
             registry=r,
         )
-        self.airflow_request = Histogram(
-            "fluxback_airflow_request_seconds",
-            "Airflow REST API calls by configured instance, HTTP method and status (or 'error').",
-            ["instance", "method", "status"],
-            buckets=_SHORT,
+        self.build_info.labels(__version__).set(1)
+        self.journal_depth = Gauge(
+            "fluxback_journal_depth",
+            "Deliveries in the journal by state, read at scrape time.",
+            ["state"],
             registry=r,
         )
+
+    def _declare_worker(self, r: CollectorRegistry) -> None:
+        """The worker: how late it takes deliveries, what it does on Airflow, and the calls it makes."""
         self.worker_lag = Histogram(
             "fluxback_worker_lag_seconds",
             "Time from receipt of an event to the worker first taking it.",
@@ -133,12 +144,34 @@ class Metrics:
             "Deliveries given up after their retry budget.",
             registry=r,
         )
+        self.actions = Counter(
+            "fluxback_actions_total",
+            "Actions on Airflow by kind (mark_task, trigger_dag, asset_event) and outcome.",
+            ["kind", "outcome"],
+            registry=r,
+        )
         self.event_to_action = Histogram(
             "fluxback_event_to_action_seconds",
             "Time from receipt of an event to the Airflow action it caused.",
             buckets=_MINUTES,
             registry=r,
         )
+        self.airflow_request = Histogram(
+            "fluxback_airflow_request_seconds",
+            "Airflow REST API calls by configured instance, HTTP method and status (or 'error').",
+            ["instance", "method", "status"],
+            buckets=_SHORT,
+            registry=r,
+        )
+        self.git_fetches = Counter(
+            "fluxback_git_fetches_total",
+            "Fetches into the local mirrors by configured repository and result.",
+            ["repository", "result"],
+            registry=r,
+        )
+
+    def _declare_deploys(self, r: CollectorRegistry) -> None:
+        """Per Flux object DORA metrics: deploys, change failures and lead time."""
         # Per Flux object: only objects whose revisions are correlated (mapped to a repository)
         # get series, so the label values are bounded by configuration and the cluster, as
         # in Flux's own gotk_reconcile_duration_seconds{kind,namespace,name}.
@@ -157,19 +190,9 @@ class Metrics:
             ["kind", "namespace", "name", "outcome"],
             registry=r,
         )
-        self.build_info = Gauge(
-            "fluxback_build_info",
-            "Always 1, labelled with the running version; count() of it is the number of replicas.",
-            ["version"],
-            registry=r,
-        )
-        self.build_info.labels(__version__).set(1)
-        self.git_fetches = Counter(
-            "fluxback_git_fetches_total",
-            "Fetches into the local mirrors by configured repository and result.",
-            ["repository", "result"],
-            registry=r,
-        )
+
+    def _declare_kubernetes(self, r: CollectorRegistry) -> None:
+        """The Kubernetes side: status changes read, watch restarts and Events posted."""
         self.status_changes = Counter(
             "fluxback_status_changes_total",
             "Flux object status changes read from Kubernetes and journaled, by kind and result"
