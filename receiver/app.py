@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, contextmanager
 
 import structlog
 from aiohttp import web
@@ -48,6 +48,8 @@ BackgroundFactory = Callable[[Config, Journal, Metrics, ReadinessChecks], Sequen
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
 """How long requests being read or handled may take to finish on SIGTERM (then the background
 services stop); Kubernetes waits 30 s by default."""
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StartupError(Exception):
@@ -129,20 +131,8 @@ def build_app(
             "handler_cancellation": False,
         },
     )
-    webhook = config.webhook
     appends = AppendOutcomes()
-    ingest = EventIngest(
-        webhook,
-        WebhookAuth(
-            [FileSecret(p) for p in webhook.hmac_keys],
-            [FileSecret(p) for p in webhook.bearer_tokens],
-            allow_unauthenticated=webhook.allow_unauthenticated,
-        ),
-        journal,
-        metrics,
-        journal_timeout_seconds=config.journal_timeout_seconds,
-        appends=appends,
-    )
+    ingest = _event_ingest(config, journal, metrics, appends)
     ops = Operations(
         config,
         journal,
@@ -150,23 +140,49 @@ def build_app(
         AdminAuth([FileSecret(p) for p in config.admin_tokens]),
         Health(config, journal, metrics, appends, readiness or ReadinessChecks()),
     )
-    routes = app.router
-    routes.add_post("/flux/events", ingest.handle, expect_handler=expect_continue)
-    routes.add_get("/healthz", ops.healthz, expect_handler=expect_continue)
-    routes.add_get("/healthz/details", ops.health_details, expect_handler=expect_continue)
-    routes.add_get("/readyz", ops.readyz, expect_handler=expect_continue)
-    routes.add_get("/metrics", ops.metrics_text, expect_handler=expect_continue)
-    routes.add_get("/openapi.yaml", ops.openapi, expect_handler=expect_continue)
-    routes.add_get("/deliveries", ops.list_deliveries, expect_handler=expect_continue)
-    routes.add_get(f"/deliveries/{{id:{DELIVERY_ID}}}", ops.get_delivery, expect_handler=expect_continue)
-    routes.add_post(f"/deliveries/{{id:{DELIVERY_ID}}}/replay", ops.replay, expect_handler=expect_continue)
-    page = StatusPage(journal, airflow_links(config), ops.bounded)
-    routes.add_get("/", page.index, expect_handler=expect_continue)
-    routes.add_get(f"/deliveries/{{id:{DELIVERY_ID}}}/story", page.delivery, expect_handler=expect_continue)
+    _add_routes(app.router, ingest, ops, StatusPage(journal, airflow_links(config), ops.bounded))
     app.on_startup.append(add_unmatched_route)
     if background:
         app.cleanup_ctx.append(_background_context(background))
     return app
+
+
+def _event_ingest(config: Config, journal: Journal, metrics: Metrics, appends: AppendOutcomes) -> EventIngest:
+    """`POST /flux/events`, verifying with the webhook's key and token files."""
+    webhook = config.webhook
+    auth = WebhookAuth(
+        [FileSecret(p) for p in webhook.hmac_keys],
+        [FileSecret(p) for p in webhook.bearer_tokens],
+        allow_unauthenticated=webhook.allow_unauthenticated,
+    )
+    return EventIngest(
+        webhook,
+        auth,
+        journal,
+        metrics,
+        journal_timeout_seconds=config.journal_timeout_seconds,
+        appends=appends,
+    )
+
+
+def _add_routes(router: web.UrlDispatcher, ingest: EventIngest, ops: Operations, page: StatusPage) -> None:
+    """Every route, each answering `Expect: 100-continue` itself (see receiver/routing.py)."""
+    delivery = f"/deliveries/{{id:{DELIVERY_ID}}}"
+    routes: list[tuple[Callable[..., web.AbstractRoute], str, Handler]] = [
+        (router.add_post, "/flux/events", ingest.handle),
+        (router.add_get, "/healthz", ops.healthz),
+        (router.add_get, "/healthz/details", ops.health_details),
+        (router.add_get, "/readyz", ops.readyz),
+        (router.add_get, "/metrics", ops.metrics_text),
+        (router.add_get, "/openapi.yaml", ops.openapi),
+        (router.add_get, "/deliveries", ops.list_deliveries),
+        (router.add_get, delivery, ops.get_delivery),
+        (router.add_post, f"{delivery}/replay", ops.replay),
+        (router.add_get, "/", page.index),
+        (router.add_get, f"{delivery}/story", page.delivery),
+    ]
+    for add, path, handler in routes:
+        add(path, handler, expect_handler=expect_continue)
 
 
 async def serve(
@@ -182,6 +198,31 @@ async def serve(
             address is taken.
         JournalUnavailable: the journal cannot be opened.
     """
+    _check_startup(config)
+    journal = journal_from_url(config.journal, config.journal_password_file, serving=True)
+    await journal.open()
+    stop = stop or asyncio.Event()
+    try:
+        with _stop_on_signals(stop):
+            metrics = Metrics()
+            readiness = ReadinessChecks()
+            services = background(config, journal, metrics, readiness) if background else ()
+            door = FrontDoor(config.webhook, metrics)
+            app = build_app(
+                config,
+                journal,
+                metrics=metrics,
+                background=services,
+                readiness=readiness,
+                middlewares=[door.middleware],
+            )
+            await _serve_http(config, app, door, stop)
+    finally:
+        await journal.close()
+
+
+def _check_startup(config: Config) -> None:
+    """Refuse to start on configuration problems; warn loudly when anyone may post events."""
     problems = startup_problems(config)
     if problems:
         raise StartupError(problems)
@@ -190,45 +231,39 @@ async def serve(
             "webhook.unauthenticated",
             hint="webhook.allow_unauthenticated is true: anyone who reaches the port can post events",
         )
-    journal = journal_from_url(config.journal, config.journal_password_file, serving=True)
-    await journal.open()
-    stop = stop or asyncio.Event()
+
+
+@contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set `stop` while the service runs, and are the loop's own again after."""
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     try:
-        metrics = Metrics()
-        readiness = ReadinessChecks()
-        services = background(config, journal, metrics, readiness) if background else ()
-        door = FrontDoor(config.webhook, metrics)
-        app = build_app(
-            config,
-            journal,
-            metrics=metrics,
-            background=services,
-            readiness=readiness,
-            middlewares=[door.middleware],
-        )
-        runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
-        await runner.setup()
-        try:
-            try:
-                await door.open(runner, config.listen_host, config.listen_port)
-            except OSError as error:
-                address = f"{config.listen_host}:{config.listen_port}"
-                raise StartupError([f"listen: cannot listen on {address}: {error.strerror}"]) from None
-            where = {"host": config.listen_host, "port": config.listen_port, "journal": str(config.journal)}
-            log.info("http.listening", **where, max_connections=door.cap)
-            await stop.wait()
-            log.info("http.stopping", grace_seconds=SHUTDOWN_TIMEOUT_SECONDS)
-            await door.drain(SHUTDOWN_TIMEOUT_SECONDS)
-        finally:
-            door.close()
-            await runner.cleanup()
+        yield
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in _STOP_SIGNALS:
             loop.remove_signal_handler(signum)
-        await journal.close()
+
+
+async def _serve_http(config: Config, app: web.Application, door: FrontDoor, stop: asyncio.Event) -> None:
+    """Serve `app` through `door` until `stop`, then let requests in flight finish."""
+    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
+    await runner.setup()
+    try:
+        try:
+            await door.open(runner, config.listen_host, config.listen_port)
+        except OSError as error:
+            address = f"{config.listen_host}:{config.listen_port}"
+            raise StartupError([f"listen: cannot listen on {address}: {error.strerror}"]) from None
+        where = {"host": config.listen_host, "port": config.listen_port, "journal": str(config.journal)}
+        log.info("http.listening", **where, max_connections=door.cap)
+        await stop.wait()
+        log.info("http.stopping", grace_seconds=SHUTDOWN_TIMEOUT_SECONDS)
+        await door.drain(SHUTDOWN_TIMEOUT_SECONDS)
+    finally:
+        door.close()
+        await runner.cleanup()
 
 
 def run(config: Config, *, background: BackgroundFactory | None = None) -> None:
