@@ -82,6 +82,30 @@ async def worker_service(
             instance, method, status
         ).observe(seconds),
     )
+    pipeline = _pipeline(config, journal, metrics, airflow, locator=locator, observers=observers)
+    worker = Worker(
+        journal=journal, pipeline=pipeline, config=config.worker, metrics=metrics, clock=clock, sleep=sleep
+    )
+    for obj in config.git.objects:
+        metrics.track_object(obj.kind, obj.namespace, obj.name)
+    try:
+        async with _running("worker", worker.run):
+            yield
+    finally:
+        await airflow.close()
+
+
+def _pipeline(
+    config: Config,
+    journal: Journal,
+    metrics: Metrics,
+    airflow: AirflowClients,
+    *,
+    locator: ObjectLocator | None,
+    observers: Sequence[Observer],
+) -> Pipeline:
+    """What the worker runs on each delivery: resolve it through the git mirrors and the policy,
+    then act on Airflow."""
     mirrors = Mirrors(
         config.git,
         on_fetch=lambda repository, result: metrics.git_fetches.labels(repository, result).inc(),
@@ -93,7 +117,7 @@ async def worker_service(
         policy=Policy(config.policy),
         default_instance=config.airflow.default_instance,
     )
-    pipeline = Pipeline(
+    return Pipeline(
         config=config,
         journal=journal,
         resolver=resolver,
@@ -101,16 +125,6 @@ async def worker_service(
         metrics=metrics,
         observers=observers,
     )
-    worker = Worker(
-        journal=journal, pipeline=pipeline, config=config.worker, metrics=metrics, clock=clock, sleep=sleep
-    )
-    for obj in config.git.objects:
-        metrics.track_object(obj.kind, obj.namespace, obj.name)
-    try:
-        async with _running("worker", worker.run):
-            yield
-    finally:
-        await airflow.close()
 
 
 def background_services(
