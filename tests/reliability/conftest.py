@@ -195,6 +195,16 @@ class Fluxback:
                 raise AssertionError(f"log line is not JSON: {line[:300]!r}") from None
         return lines
 
+    def log_lines_once(self, event: str, count: int, within: float = 10.0) -> list[dict[str, Any]]:
+        """The JSON log lines once `count` of them are `event` (or after `within` seconds): a line
+        reaches the log file through the copy thread a moment after the answer it went with."""
+        deadline = time.monotonic() + within
+        while True:
+            lines = self.log_lines()
+            if sum(line.get("event") == event for line in lines) >= count or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.05)
+
     # --- requests -------------------------------------------------------------------------
 
     def request(
