@@ -44,7 +44,9 @@ import structlog
 
 from receiver.journal.base import JournalUnavailable
 from receiver.journal.postgres_schema import MIGRATIONS
-from receiver.journal.sql import CLAIM_LEASE_SECONDS, Cursor, Db, SqlJournal
+from receiver.journal.sql import SqlJournal
+from receiver.journal.sql_claims import CLAIM_LEASE_SECONDS
+from receiver.journal.sql_rows import Cursor, Db
 from receiver.secrets import FileSecret, SecretUnavailable
 
 T = TypeVar("T")

@@ -19,7 +19,8 @@ from typing import TypeVar
 
 from receiver.journal.base import JournalUnavailable
 from receiver.journal.migrations import MIGRATIONS
-from receiver.journal.sql import Db, SqlJournal
+from receiver.journal.sql import SqlJournal
+from receiver.journal.sql_rows import Db
 from receiver.journal.sqlite_lock import ServingLock
 
 T = TypeVar("T")

@@ -26,7 +26,9 @@ from receiver.journal import (
 )
 from receiver.journal.base import Correlation
 from receiver.journal.migrations import MIGRATIONS
-from receiver.journal.sql import DUE_HEADS, NEXT_UNFINISHED, Db, SqlJournal, _ts
+from receiver.journal.sql import SqlJournal
+from receiver.journal.sql_claims import DUE_HEADS, NEXT_UNFINISHED
+from receiver.journal.sql_rows import Db, epoch
 from receiver.journal.sqlite import SqliteJournal
 from tests.conftest import PostgresDatabase
 
@@ -313,7 +315,7 @@ async def test_a_claim_reads_only_the_due_heads_whatever_the_backlog(journal: Sq
         lambda db: db.execute("UPDATE deliveries SET state = 'done' WHERE id BETWEEN 5 AND 1400")
     )
     await journal._write(lambda db: db.execute("ANALYZE"))
-    assert "object_heads_due" in await _plan(journal, DUE_HEADS, (_ts(T0), 10))
+    assert "object_heads_due" in await _plan(journal, DUE_HEADS, (epoch(T0), 10))
     assert "deliveries_unfinished" in await _plan(
         journal, NEXT_UNFINISHED, ("Kustomization", "flux-system", "o0")
     )

@@ -17,7 +17,8 @@ import pytest
 
 from receiver.journal import ActionState, DeliveryState, JournalUnavailable, NewDelivery
 from receiver.journal.postgres import LEADER_LOCK, PostgresJournal
-from receiver.journal.sql import RESTART_NOTE, Db
+from receiver.journal.sql_claims import RESTART_NOTE
+from receiver.journal.sql_rows import Db
 from receiver.journal.sqlite import SqliteJournal
 from receiver.secrets import FileSecret
 from tests.conftest import PostgresDatabase
