@@ -28,7 +28,6 @@ to its own task rather than make the delivery wait.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -95,21 +94,17 @@ class Pipeline:
         resolution = await self._resolver.resolve(delivery, facts)
         if resolution.finished is not None:
             return
-        # `acting` only informs; it is not awaited before the first journal write of the steps
-        # below (a decision, or the action record that must be durable before Airflow is
-        # called), so the two share one commit. It is durable before the outcome is written.
-        acting = asyncio.create_task(self._journal.set_state(delivery.id, DeliveryState.ACTING))
-        try:
-            for correlation in resolution.refused:
-                for observer in self._observers:
-                    with _best_effort(observer):
-                        await observer.refused(delivery, correlation)
-            plan = plan_actions(delivery, facts, resolution, self._config)
-            for problem in plan.problems:
-                await self._journal.add_decision(delivery.id, problem)
-            await self._perform(delivery, plan.actions)
-        finally:
-            await acting
+        # `acting` only informs: it is written with the next write (an action record, durable
+        # before Airflow is called, or the outcome), so it costs no round trip of its own.
+        self._journal.note_state(delivery.id, DeliveryState.ACTING)
+        for correlation in resolution.refused:
+            for observer in self._observers:
+                with _best_effort(observer):
+                    await observer.refused(delivery, correlation)
+        plan = plan_actions(delivery, facts, resolution, self._config)
+        for problem in plan.problems:
+            self._journal.note_decision(delivery.id, problem)
+        await self._perform(delivery, plan.actions)
         await self._record(delivery, resolution, event.timestamp)
 
     async def dead(self, delivery: Delivery, reason: str) -> None:

@@ -101,11 +101,13 @@ class Resolver:
         )
 
     async def _finish(self, delivery: Delivery, why: str, cause: Cause, **fields: Any) -> Resolution:
-        await self._journal.add_decision(delivery.id, why, cause=cause, **fields)
+        # Written with the outcome that follows: one commit, one round trip.
+        self._journal.note_decision(delivery.id, why, cause=cause, **fields)
         return Resolution(finished=why)
 
     async def _rules_only(self, delivery: Delivery, why: str, cause: Cause) -> Resolution:
-        await self._journal.add_decision(delivery.id, why, cause=cause)
+        # Written with the next write (an action record or the outcome).
+        self._journal.note_decision(delivery.id, why, cause=cause)
         return Resolution()
 
     async def _applied_commit(self, delivery: Delivery, commit: str, mirror: Mirror) -> str:

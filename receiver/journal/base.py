@@ -248,6 +248,16 @@ class Journal(Protocol):
 
     async def add_decision(self, delivery_id: int, text: str, **fields: Any) -> None: ...
 
+    def note_decision(self, delivery_id: int, text: str, **fields: Any) -> None:
+        """`add_decision` without a round trip of its own: it is written first in the delivery's
+        next write (every delivery ends with one, its outcome), in the same commit, all or
+        nothing. If that write fails or the process dies first, the note is lost with it and
+        the delivery, still unfinished, is done again."""
+
+    def note_state(self, delivery_id: int, state: DeliveryState) -> None:
+        """`set_state` to an in-progress state, written like `note_decision`: a state that only
+        informs (the delivery's next write, e.g. an action record, makes it durable)."""
+
     async def set_correlations(self, delivery_id: int, correlations: Sequence[Correlation]) -> None: ...
 
     async def begin_action(

@@ -5,7 +5,7 @@ one owner; every change of a delivery's state that finishes it moves the head on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import structlog
@@ -126,6 +126,22 @@ class SqlClaims(SqlLanes):
         error: str | None = None,
         decision: str | None = None,
     ) -> None:
+        write = self._state_change(delivery_id, state, next_attempt_at, error, decision)
+        await self._write(write, locking=[delivery_id], delivery_id=delivery_id)
+
+    def note_state(self, delivery_id: int, state: DeliveryState) -> None:
+        if state not in IN_PROGRESS_STATES:
+            raise ValueError(f"only an in-progress state can wait for the next write, not {state}")
+        self._note(delivery_id, self._state_change(delivery_id, state, None, None, None))
+
+    def _state_change(
+        self,
+        delivery_id: int,
+        state: DeliveryState,
+        next_attempt_at: datetime | None,
+        error: str | None,
+        decision: str | None,
+    ) -> Callable[[Db], None]:
         def write(db: Db) -> None:
             # The delivery, and its head row if it is one (locked): one round trip.
             current = db.execute(
@@ -156,7 +172,7 @@ class SqlClaims(SqlLanes):
             if decision is not None:
                 insert_decision(db, delivery_id, decision, {})
 
-        await self._write(write, locking=[delivery_id])
+        return write
 
     @property
     def _skip_locked(self) -> str:

@@ -25,7 +25,10 @@ class SqlRecords(SqlLanes):
     """The worker's records of its steps, and retention."""
 
     async def add_decision(self, delivery_id: int, text: str, **fields: Any) -> None:
-        await self._write(lambda db: insert_decision(db, delivery_id, text, fields))
+        await self._write(lambda db: insert_decision(db, delivery_id, text, fields), delivery_id=delivery_id)
+
+    def note_decision(self, delivery_id: int, text: str, **fields: Any) -> None:
+        self._note(delivery_id, lambda db: insert_decision(db, delivery_id, text, fields))
 
     async def set_correlations(self, delivery_id: int, correlations: Sequence[Correlation]) -> None:
         def write(db: Db) -> None:
@@ -51,7 +54,7 @@ class SqlRecords(SqlLanes):
                 ],
             )
 
-        await self._write(write)
+        await self._write(write, delivery_id=delivery_id)
 
     async def begin_action(
         self, delivery_id: int, key: str, kind: str, target: Mapping[str, Any]
@@ -73,7 +76,7 @@ class SqlRecords(SqlLanes):
             row = db.execute(f"SELECT {ACTION_COLUMNS} FROM actions WHERE key = ?", (key,)).fetchone()  # noqa: S608
             return action(row), created
 
-        return await self._write(write)
+        return await self._write(write, delivery_id=delivery_id)
 
     async def finish_action(self, key: str, state: ActionState, result: str) -> None:
         await self._write(
@@ -100,7 +103,8 @@ class SqlRecords(SqlLanes):
                 f" {by_column} = excluded.{by_column}, updated_at = excluded.updated_at"
                 f" WHERE COALESCE(object_state.{by_column}, 0) <= excluded.{by_column}",
                 (object_key, revision, delivery_id, epoch_now()),
-            )
+            ),
+            delivery_id=delivery_id,
         )
 
     async def prune(self, older_than: datetime) -> int:
