@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.flux_replay import event_body, flux_headers
 from tests.integration.airflow_harness import free_port
-from tests.postgres_server import PASSWORD, PostgresServer
+from tests.postgres_server import PASSWORD, running_server
 
 KEY = b"bench-hmac-key"
 BACKENDS = ("sqlite", "postgresql")
@@ -56,17 +56,10 @@ def journal_url(backend: str, root: Path) -> Iterator[tuple[str, Path | None]]:
     if backend == "sqlite":
         yield f"sqlite:///{root}/journal.db", None
         return
-    server = PostgresServer(durable=True)
-    server.init()
-    server.start()
-    try:
-        server.create_role()
-        server.create_database("bench")
+    with running_server("bench", durable=True) as server:
         password = root / "pg-password"
         password.write_text(PASSWORD)
         yield server.url("bench"), password
-    finally:
-        server.remove()
 
 
 @contextmanager

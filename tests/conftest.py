@@ -14,7 +14,7 @@ import pytest
 from receiver.journal.postgres import PostgresJournal
 from receiver.journal.sqlite import SqliteJournal
 from receiver.secrets import FileSecret
-from tests.postgres_server import PASSWORD, PostgresServer
+from tests.postgres_server import PASSWORD, PostgresServer, running_server
 
 TEMPLATE = "fluxback_template"
 _databases = itertools.count(1)
@@ -44,12 +44,7 @@ class PostgresDatabase:
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostgresServer, Path]]:
     """One PostgreSQL for the session, with a template database the journal has migrated."""
-    server = PostgresServer()
-    server.init()
-    server.start()
-    try:
-        server.create_role()
-        server.create_database(TEMPLATE)
+    with running_server(TEMPLATE) as server:
         password_file = tmp_path_factory.mktemp("postgres") / "password"
         password_file.write_text(PASSWORD + "\n")
         migrating = PostgresJournal(server.url(TEMPLATE), password_file=FileSecret(password_file))
@@ -62,8 +57,6 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[
         with ThreadPoolExecutor(max_workers=1) as thread:
             thread.submit(asyncio.run, migrate()).result()
         yield server, password_file
-    finally:
-        server.remove()
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,3 +130,17 @@ class PostgresServer:
     def drop_database(self, name: str) -> None:
         with self.admin() as db:
             db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
+
+
+@contextmanager
+def running_server(database: str, durable: bool = False) -> Iterator[PostgresServer]:
+    """A started server with the Fluxback role and one empty `database` it owns, removed afterwards."""
+    server = PostgresServer(durable=durable)
+    server.init()
+    server.start()
+    try:
+        server.create_role()
+        server.create_database(database)
+        yield server
+    finally:
+        server.remove()

@@ -22,7 +22,7 @@ from receiver.secrets import FileSecret
 from receiver.service import worker_service
 from tests.flux_replay import event_body
 from tests.helpers import Service, make_config, running
-from tests.postgres_server import PASSWORD, PostgresServer
+from tests.postgres_server import PASSWORD, PostgresServer, running_server
 
 OUTAGE_SECONDS = 30.0
 
@@ -30,15 +30,8 @@ OUTAGE_SECONDS = 30.0
 @pytest.fixture
 def server() -> Iterator[PostgresServer]:
     """A PostgreSQL of its own: this test stops and starts it."""
-    server = PostgresServer(durable=True)
-    server.init()
-    server.start()
-    try:
-        server.create_role()
-        server.create_database("outage")
+    with running_server("outage", durable=True) as server:
         yield server
-    finally:
-        server.remove()
 
 
 async def _post(service: Service, body: bytes) -> tuple[int, dict[str, str], int | None]:
