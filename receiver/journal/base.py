@@ -66,6 +66,17 @@ def like_prefix(text: str) -> str:
     return escaped.replace("_", LIKE_ESCAPE + "_") + "%"
 
 
+def unapplied_migrations(
+    migrations: Sequence[Sequence[str]], current: int, refuse: type[Exception]
+) -> list[tuple[int, Sequence[str]]]:
+    """The (version, statements) a journal at schema version `current` still needs, oldest first.
+    A journal newer than this code is refused with `refuse`, the backend's own database error."""
+    if current > len(migrations):
+        newest = len(migrations)
+        raise refuse(f"journal schema version {current} is newer than this Fluxback ({newest}); upgrade it")
+    return list(enumerate(migrations[current:], start=current + 1))
+
+
 class JournalUnavailable(Exception):
     """The journal cannot commit right now (disk full, locked, database down): answer 503."""
 

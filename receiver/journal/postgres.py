@@ -42,7 +42,7 @@ import psycopg
 import psycopg_pool
 import structlog
 
-from receiver.journal.base import JournalUnavailable
+from receiver.journal.base import JournalUnavailable, unapplied_migrations
 from receiver.journal.postgres_schema import MIGRATIONS
 from receiver.journal.sql import SqlJournal
 from receiver.journal.sql_claims import CLAIM_LEASE_SECONDS
@@ -299,12 +299,7 @@ def _migrate(connection: psycopg.Connection[Any]) -> None:
         connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
         row = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()
         current = (row[0] if row else None) or 0
-        if current > len(MIGRATIONS):
-            raise psycopg.DataError(
-                f"journal schema version {current} is newer than this Fluxback ({len(MIGRATIONS)});"
-                " upgrade it"
-            )
-        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+        for version, script in unapplied_migrations(MIGRATIONS, current, psycopg.DataError):
             for statement in script:
                 connection.execute(statement.encode())
             connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))

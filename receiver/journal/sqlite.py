@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from receiver.journal.base import JournalUnavailable
+from receiver.journal.base import JournalUnavailable, unapplied_migrations
 from receiver.journal.migrations import MIGRATIONS
 from receiver.journal.sql import SqlJournal
 from receiver.journal.sql_rows import Db
@@ -121,12 +121,7 @@ def _migrate(db: sqlite3.Connection) -> None:
     try:
         db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         current = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
-        if current > len(MIGRATIONS):
-            raise sqlite3.DatabaseError(
-                f"journal schema version {current} is newer than this Fluxback ({len(MIGRATIONS)});"
-                " upgrade it"
-            )
-        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+        for version, script in unapplied_migrations(MIGRATIONS, current, sqlite3.DatabaseError):
             for statement in script:
                 db.execute(statement)
             db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
